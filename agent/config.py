@@ -1,0 +1,551 @@
+"""Configuration: one YAML file, ``NODEMEDIC_*`` environment overrides, systemd credentials.
+
+Precedence, highest first: environment (``NODEMEDIC_PROBES__CPU__INTERVAL=5s``), the YAML
+file, files in ``$CREDENTIALS_DIRECTORY`` (named like the variable without its prefix,
+e.g. ``node__name``), then the defaults below. Every model forbids unknown keys and is
+frozen. :func:`load_settings` turns every problem into a :class:`~agent.errors.ConfigError`
+whose issues name the source, the field path and what would be valid.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiConfig",
+    "AgentSettings",
+    "ConditionsConfig",
+    "DEFAULT_RULES_FILE",
+    "Duration",
+    "HistoryConfig",
+    "LogConfig",
+    "NodeConfig",
+    "ProbeConfig",
+    "ProbesConfig",
+    "RuleConfig",
+    "load_settings",
+    "parse_duration",
+]
+
+import contextvars
+import difflib
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from agent.errors import ConfigError, ConfigIssue
+from agent.model import Severity
+from agent.probes.catalog import CATALOG, PROBE_NAMES
+
+ENV_PREFIX = "NODEMEDIC_"
+DEFAULT_RULES_FILE = Path(__file__).parent / "defaults" / "rules.yaml"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse ``500ms``, ``10s``, ``5m``, ``1h30m``, ``2d`` (or a timedelta) into a timedelta.
+
+    Raises:
+        ValueError: with a message that shows the accepted forms.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        pos = 0
+        total = 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if text and pos == len(text):
+            return timedelta(seconds=total)
+    raise ValueError(
+        f"invalid duration {value!r}: use a number with a unit, "
+        "e.g. 500ms, 10s, 5m, 1h30m, 2d"
+    )
+
+
+def _format_duration(value: timedelta) -> str:
+    ms = round(value.total_seconds() * 1000)
+    if ms % 1000:
+        return f"{ms}ms"
+    return f"{ms // 1000}s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(_format_duration, return_type=str),
+]
+"""A duration written as ``500ms``, ``10s``, ``5m``, ``1h`` or ``2d``."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Frozen):
+    """Who this node is."""
+
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        if any(ch in value for ch in "/+#\0") or value != value.strip():
+            raise ValueError(
+                "node name must not contain '/', '+', '#', NUL or surrounding spaces"
+            )
+        return value
+
+
+class ApiConfig(_Frozen):
+    """The HTTP API."""
+
+    listen: str = "127.0.0.1:9464"
+    enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        """Host part of ``listen``."""
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """Port part of ``listen`` (0 picks a free port)."""
+        return split_host_port(self.listen)[1]
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split ``127.0.0.1:9464`` or ``[::1]:9464`` into host and port.
+
+    Raises:
+        ValueError: when the value is not HOST:PORT with a port in 0-65535.
+    """
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
+    if match is None:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464 or [::1]:9464, got {value!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+class LogConfig(_Frozen):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "text", "journal"] = "auto"
+
+
+class HistoryConfig(_Frozen):
+    """The local event history in the state directory's SQLite database."""
+
+    max_events: int = Field(default=10_000, ge=100, le=10_000_000)
+
+
+class ConditionsConfig(_Frozen):
+    """Flap damping for every rule's conditions.
+
+    A condition that went to firing ``flap_limit`` times within ``flap_window`` is
+    flapping: it resolves only once its value has stayed clear for a whole window.
+    """
+
+    flap_window: Duration = timedelta(minutes=10)
+    flap_limit: int = Field(default=3, ge=2)
+
+
+class ProbeConfig(_Frozen):
+    """Options every probe has."""
+
+    enabled: bool = True
+    interval: Duration = timedelta(seconds=10)
+    timeout: Duration | None = None
+
+    @field_validator("interval")
+    @classmethod
+    def _min_interval(cls, value: timedelta) -> timedelta:
+        if value < timedelta(milliseconds=100):
+            raise ValueError("interval must be at least 100ms")
+        return value
+
+    @property
+    def effective_timeout(self) -> float:
+        """Seconds a run may take: ``timeout``, or the interval capped at 10 s."""
+        if self.timeout is not None:
+            return self.timeout.total_seconds()
+        return min(self.interval.total_seconds(), 10.0)
+
+
+class FilesystemProbeConfig(ProbeConfig):
+    """Filesystem probe: which mounts to leave out."""
+
+    exclude_fstypes: tuple[str, ...] = (
+        "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs",
+        "devpts", "devtmpfs", "efivarfs", "fusectl", "hugetlbfs", "iso9660", "mqueue",
+        "nsfs", "overlay", "proc", "pstore", "rpc_pipefs", "securityfs", "selinuxfs",
+        "squashfs", "erofs", "sysfs", "tracefs", "ramfs",
+    )  # fmt: skip
+    exclude_mountpoints: str = r"^/(dev|proc|sys|run/credentials|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"  # noqa: E501
+
+    @field_validator("exclude_mountpoints")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        return _check_regex(value)
+
+
+class DiskioProbeConfig(ProbeConfig):
+    """Disk I/O probe: which block devices to leave out (partitions, loop and ram by default)."""
+
+    exclude_devices: str = r"^(ram|loop|fd|zram|(h|s|v|xv)d[a-z]+\d+|nvme\d+n\d+p\d+|mmcblk\d+p\d+)\d*$"  # noqa: E501
+
+    @field_validator("exclude_devices")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        return _check_regex(value)
+
+
+class NetworkProbeConfig(ProbeConfig):
+    """Network probe: which interfaces to leave out."""
+
+    exclude_interfaces: str = r"^(lo|veth.*|docker\d+|br-.*|cali.*|flannel.*|cni\d+)$"
+
+    @field_validator("exclude_interfaces")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        return _check_regex(value)
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"invalid regular expression {value!r}: {err}") from err
+    return value
+
+
+def _probe(interval: float) -> Any:
+    return Field(default_factory=lambda: ProbeConfig(interval=timedelta(seconds=interval)))
+
+
+class ProbesConfig(_Frozen):
+    """One entry per probe."""
+
+    cpu: ProbeConfig = _probe(10)
+    memory: ProbeConfig = _probe(10)
+    load: ProbeConfig = _probe(10)
+    pressure: ProbeConfig = _probe(10)
+    filesystem: FilesystemProbeConfig = Field(
+        default_factory=lambda: FilesystemProbeConfig(interval=timedelta(seconds=30))
+    )
+    diskio: DiskioProbeConfig = Field(
+        default_factory=lambda: DiskioProbeConfig(interval=timedelta(seconds=10))
+    )
+    network: NetworkProbeConfig = Field(
+        default_factory=lambda: NetworkProbeConfig(interval=timedelta(seconds=10))
+    )
+    fds: ProbeConfig = _probe(30)
+    clock: ProbeConfig = _probe(60)
+    sensors: ProbeConfig = _probe(30)
+
+    def items(self) -> list[tuple[str, ProbeConfig]]:
+        """(name, config) for every probe, in the catalog's order."""
+        return [(name, getattr(self, name)) for name in PROBE_NAMES]
+
+    def enabled(self) -> list[str]:
+        """Names of the enabled probes."""
+        return [name for name, cfg in self.items() if cfg.enabled]
+
+
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+
+
+class RuleConfig(_Frozen):
+    """A threshold rule over one metric; see the README for its semantics."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
+    metric: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    op: Op
+    threshold: float
+    clear: float | None = None
+    for_: Duration = Field(default=timedelta(0), alias="for")
+    severity: Severity = Severity.WARNING
+    description: str = ""
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in CATALOG:
+            near = difflib.get_close_matches(value, CATALOG, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
+            raise ValueError(
+                f"unknown metric {value!r}; {hint}metrics are named as /metrics shows them "
+                "(the README lists them all)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        spec = CATALOG[self.metric]
+        for label, pattern in self.labels.items():
+            if label not in spec.labels:
+                valid = ", ".join(spec.labels) or "none"
+                raise ValueError(
+                    f"labels: {self.metric} has no label {label!r} (its labels: {valid})"
+                )
+            if pattern.startswith("~"):
+                _check_regex(pattern[1:])
+        if self.clear is not None:
+            if self.op in ("==", "!="):
+                raise ValueError(f"clear: not allowed with op {self.op!r}; leave it out")
+            if self.op in (">", ">=") and self.clear > self.threshold:
+                raise ValueError(
+                    f"clear: {self.clear} is above threshold {self.threshold}; with op "
+                    f"{self.op!r} the clear value must be <= the threshold"
+                )
+            if self.op in ("<", "<=") and self.clear < self.threshold:
+                raise ValueError(
+                    f"clear: {self.clear} is below threshold {self.threshold}; with op "
+                    f"{self.op!r} the clear value must be >= the threshold"
+                )
+        return self
+
+
+def _default_rules() -> list[RuleConfig]:
+    data = yaml.safe_load(DEFAULT_RULES_FILE.read_text(encoding="utf-8"))
+    return [RuleConfig.model_validate(rule) for rule in data["rules"]]
+
+
+_config_data: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("_config_data")
+
+
+class AgentSettings(BaseSettings):
+    """The whole agent configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    state_dir: Path = Path("/var/lib/nodemedic")
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
+    conditions: ConditionsConfig = Field(default_factory=ConditionsConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    rules: tuple[RuleConfig, ...] = Field(default_factory=lambda: tuple(_default_rules()))
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: tuple[RuleConfig, ...]) -> tuple[RuleConfig, ...]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen:
+                raise ValueError(f"duplicate rule name {rule.name!r}; rule names must be unique")
+            seen.add(rule.name)
+        return rules
+
+    @model_validator(mode="after")
+    def _rules_have_probes(self) -> Self:
+        enabled = set(self.probes.enabled()) | {"agent"}
+        for rule in self.rules:
+            probe = CATALOG[rule.metric].probe
+            if probe not in enabled:
+                raise ValueError(
+                    f"rule {rule.name!r} watches {rule.metric}, which the disabled probe "
+                    f"{probe!r} produces; enable probes.{probe} or remove the rule"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment over the YAML file over credentials over defaults."""
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, init_kwargs=dict(_config_data.get({}))),
+        ]
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials:
+            sources.append(_CredentialsSource(settings_cls, Path(credentials)))
+        return tuple(sources)
+
+
+class _CredentialsSource(EnvSettingsSource):
+    """Reads settings from systemd credential files (``LoadCredential=node__name:...``).
+
+    A credential named like the environment variable without its prefix, lower case,
+    supplies that setting: ``api__listen`` for ``NODEMEDIC_API__LISTEN``.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path) -> None:
+        values: dict[str, str] = {}
+        if directory.is_dir():
+            for entry in directory.iterdir():
+                if entry.is_file():
+                    key = ENV_PREFIX + entry.name
+                    values[key.lower()] = entry.read_text(encoding="utf-8").strip()
+        super().__init__(
+            settings_cls,
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter="__",
+            case_sensitive=False,
+        )
+        self.env_vars = values
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(source, "", "file not found")]) from None
+    except OSError as err:
+        raise ConfigError([ConfigIssue(source, "", f"cannot read: {err.strerror}")]) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([ConfigIssue(source, "", f"invalid YAML: {where}{problem}")]) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [ConfigIssue(source, "", f"expected a mapping of sections, got {type(data).__name__}")]
+        )
+    return data
+
+
+def load_settings(path: Path | None, *, environ: Mapping[str, str] | None = None) -> AgentSettings:
+    """Load and validate the configuration.
+
+    Args:
+        path: the YAML file, or None for defaults and environment only.
+        environ: the environment to read overrides from (default ``os.environ``); used
+            to tell whether a bad value came from the file or a variable.
+
+    Raises:
+        ConfigError: listing every issue with its source and field path.
+    """
+    data = _read_yaml(path) if path is not None else {}
+    env = os.environ if environ is None else environ
+    token = _config_data.set(data)
+    try:
+        return AgentSettings()
+    except ValidationError as err:
+        raise ConfigError(
+            [_issue(error, data, str(path) if path else "defaults", env) for error in err.errors()]
+        ) from err
+    finally:
+        _config_data.reset(token)
+
+
+def _issue(
+    error: Any, data: Mapping[str, Any], source: str, env: Mapping[str, str]
+) -> ConfigIssue:
+    loc: Sequence[str | int] = error["loc"]
+    path = _dotted(loc)
+    upper_env = {key.upper() for key in env}
+    names = [str(part) for part in loc if isinstance(part, str)]
+    for depth in range(len(names), 0, -1):
+        var = ENV_PREFIX + "__".join(names[:depth]).upper()
+        if var in upper_env:
+            source = f"environment {var}"
+            break
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = f"unknown key {_last_key(loc)!r}; {_valid_keys(loc)}"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    elif (
+        "input" in error
+        and not isinstance(error["input"], dict | list)
+        and repr(error["input"]) not in message
+    ):
+        message = f"{message} (got {error['input']!r})"
+    return ConfigIssue(source, path, message)
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("function-after[_consistent()]",):
+            continue
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def _last_key(loc: Sequence[str | int]) -> str:
+    return str(loc[-1]) if loc else ""
+
+
+def _valid_keys(loc: Sequence[str | int]) -> str:
+    model: Any = AgentSettings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return "see the README for valid keys"
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", None)
+        if args:
+            annotation = next((a for a in args if isinstance(a, type)), annotation)
+        model = annotation
+    fields = getattr(model, "model_fields", None)
+    if not fields:
+        return "see the README for valid keys"
+    keys = [info.alias or name for name, info in fields.items()]
+    return "valid keys: " + ", ".join(keys)

@@ -1,0 +1,57 @@
+"""The agent's exceptions: one root, one subclass per boundary."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "ConfigIssue",
+    "ProbeError",
+    "ProbeTimeoutError",
+    "StoreError",
+]
+
+from dataclasses import dataclass
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One thing wrong with a configuration.
+
+    Attributes:
+        source: the file (or ``env`` / ``credentials``) the value came from.
+        path: dotted field path, e.g. ``rules[2].clear``.
+        message: what is wrong and what would be valid.
+    """
+
+    source: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.path}" if self.path else self.source
+        return f"{where}: {self.message}"
+
+
+class ConfigError(AgentError):
+    """Raised when a configuration file, its rules or its environment overrides are invalid."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(issue) for issue in issues))
+
+
+class ProbeError(AgentError):
+    """Raised when a probe cannot read its source (a file, a syscall, psutil)."""
+
+
+class ProbeTimeoutError(ProbeError):
+    """Raised when a probe's blocking work does not finish within its timeout."""
+
+
+class StoreError(AgentError):
+    """Raised when the SQLite store cannot be opened, migrated or written."""

@@ -1,0 +1,1 @@
+"""Remediation playbooks, actions and the safety engine (see the remediation issue)."""
