@@ -9,6 +9,7 @@ __all__ = [
     "ConditionState",
     "Event",
     "LabelSet",
+    "ProbeStatus",
     "Sample",
     "Severity",
     "labelset",
@@ -177,3 +178,47 @@ class Event:
             envelope["subject"] = self.subject
         envelope["data"] = dict(self.data)
         return envelope
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeStatus:
+    """How a probe has been doing.
+
+    Attributes:
+        name: the probe's name.
+        interval: seconds between runs.
+        last_run: epoch seconds the last run started, None before the first.
+        duration: seconds the last run took, None before the first.
+        error: the last run's error, None when it succeeded.
+        runs: runs since the agent started.
+        failures: failed or timed-out runs since the agent started.
+        samples: samples the last successful run produced.
+    """
+
+    name: str
+    interval: float
+    last_run: float | None = None
+    duration: float | None = None
+    error: str | None = None
+    runs: int = 0
+    failures: int = 0
+    samples: int = 0
+
+    @property
+    def up(self) -> bool:
+        """True when the last run succeeded."""
+        return self.last_run is not None and self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as ``GET /v1/probes`` shows it."""
+        return {
+            "name": self.name,
+            "interval": self.interval,
+            "last_run": _iso(self.last_run) if self.last_run is not None else None,
+            "duration": self.duration,
+            "error": self.error,
+            "up": self.up,
+            "runs": self.runs,
+            "failures": self.failures,
+            "samples": self.samples,
+        }

@@ -1,0 +1,55 @@
+"""What the API and the metrics collector may read of a running agent.
+
+The runtime implements :class:`AgentView`; ``agent.api`` and ``agent.metrics`` depend
+only on this protocol, so tests drive them with a small in-memory view.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AgentView"]
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+from agent.model import Condition, Event, ProbeStatus, Sample
+
+
+class AgentView(Protocol):
+    """Read-only view of the agent's state."""
+
+    @property
+    def node_name(self) -> str:
+        """The node's name."""
+        ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): reason says what is still missing when not ready."""
+        ...
+
+    def latest_samples(self) -> Iterable[Sample]:
+        """The last successful sample of every series of every enabled probe."""
+        ...
+
+    def probe_statuses(self) -> Sequence[ProbeStatus]:
+        """One status per enabled probe."""
+        ...
+
+    def conditions(self) -> Sequence[Condition]:
+        """Every tracked condition."""
+        ...
+
+    def events(self, *, type: str | None, since: int | None, limit: int) -> Sequence[Event]:
+        """Stored events, oldest first: after sequence ``since`` or, without it, the newest."""
+        ...
+
+    def event_counts(self) -> Mapping[str, int]:
+        """Events emitted since start, by type."""
+        ...
+
+    def bus_dropped(self) -> Mapping[str, int]:
+        """Events dropped per bus subscriber since start."""
+        ...
+
+    def loop_lag(self) -> float:
+        """Last measured event-loop lag in seconds."""
+        ...
