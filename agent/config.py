@@ -10,10 +10,10 @@ whose issues name the source, the field path and what would be valid.
 from __future__ import annotations
 
 __all__ = [
-    "ApiConfig",
-    "AgentSettings",
-    "ConditionsConfig",
     "DEFAULT_RULES_FILE",
+    "AgentSettings",
+    "ApiConfig",
+    "ConditionsConfig",
     "Duration",
     "HistoryConfig",
     "LogConfig",
@@ -85,8 +85,7 @@ def parse_duration(value: object) -> timedelta:
         if text and pos == len(text):
             return timedelta(seconds=total)
     raise ValueError(
-        f"invalid duration {value!r}: use a number with a unit, "
-        "e.g. 500ms, 10s, 5m, 1h30m, 2d"
+        f"invalid duration {value!r}: use a number with a unit, e.g. 500ms, 10s, 5m, 1h30m, 2d"
     )
 
 
@@ -119,9 +118,7 @@ class NodeConfig(_Frozen):
     @classmethod
     def _topic_safe(cls, value: str) -> str:
         if any(ch in value for ch in "/+#\0") or value != value.strip():
-            raise ValueError(
-                "node name must not contain '/', '+', '#', NUL or surrounding spaces"
-            )
+            raise ValueError("node name must not contain '/', '+', '#', NUL or surrounding spaces")
         return value
 
 
@@ -219,7 +216,9 @@ class FilesystemProbeConfig(ProbeConfig):
         "nsfs", "overlay", "proc", "pstore", "rpc_pipefs", "securityfs", "selinuxfs",
         "squashfs", "erofs", "sysfs", "tracefs", "ramfs",
     )  # fmt: skip
-    exclude_mountpoints: str = r"^/(dev|proc|sys|run/credentials|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"  # noqa: E501
+    exclude_mountpoints: str = (
+        r"^/(dev|proc|sys|run/credentials|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+    )
 
     @field_validator("exclude_mountpoints")
     @classmethod
@@ -230,7 +229,9 @@ class FilesystemProbeConfig(ProbeConfig):
 class DiskioProbeConfig(ProbeConfig):
     """Disk I/O probe: which block devices to leave out (partitions, loop and ram by default)."""
 
-    exclude_devices: str = r"^(ram|loop|fd|zram|(h|s|v|xv)d[a-z]+\d+|nvme\d+n\d+p\d+|mmcblk\d+p\d+)\d*$"  # noqa: E501
+    exclude_devices: str = (
+        r"^(ram|loop|fd|zram|(h|s|v|xv)d[a-z]+\d+|nvme\d+n\d+p\d+|mmcblk\d+p\d+)\d*$"
+    )
 
     @field_validator("exclude_devices")
     @classmethod
@@ -489,17 +490,20 @@ def load_settings(path: Path | None, *, environ: Mapping[str, str] | None = None
         _config_data.reset(token)
 
 
-def _issue(
-    error: Any, data: Mapping[str, Any], source: str, env: Mapping[str, str]
-) -> ConfigIssue:
+def _issue(error: Any, data: Mapping[str, Any], source: str, env: Mapping[str, str]) -> ConfigIssue:
     loc: Sequence[str | int] = error["loc"]
     path = _dotted(loc)
     upper_env = {key.upper() for key in env}
     names = [str(part) for part in loc if isinstance(part, str)]
+    credentials = Path(env.get("CREDENTIALS_DIRECTORY", "/nonexistent"))
     for depth in range(len(names), 0, -1):
         var = ENV_PREFIX + "__".join(names[:depth]).upper()
         if var in upper_env:
             source = f"environment {var}"
+            break
+        credential = "__".join(names[:depth]).lower()
+        if (credentials / credential).is_file() and not _in_file(data, names[:depth]):
+            source = f"credential {credentials / credential}"
             break
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -515,13 +519,20 @@ def _issue(
     return ConfigIssue(source, path, message)
 
 
+def _in_file(data: Mapping[str, Any], names: Sequence[str]) -> bool:
+    node: Any = data
+    for name in names:
+        if not isinstance(node, Mapping) or name not in node:
+            return False
+        node = node[name]
+    return True
+
+
 def _dotted(loc: Sequence[str | int]) -> str:
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("function-after[_consistent()]",):
-            continue
         else:
             text += f".{part}" if text else part
     return text

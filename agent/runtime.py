@@ -1,0 +1,397 @@
+"""The running agent: composes store, probes, rules, bus and API in one TaskGroup.
+
+Shape (after hypercorn): every long-lived activity is a named task in one
+``asyncio.TaskGroup``; a stop request raises :class:`_StopRequestedError` inside the
+group, which cancels the siblings; then the shutdown runs in a fixed order with a
+bounded grace: stop intake (probes), persist condition state, stop the API, close
+the bus and the store.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SHUTDOWN_GRACE", "Agent"]
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.api import ApiServer
+from agent.bus import EventBus
+from agent.config import AgentSettings
+from agent.errors import ProbeError, StoreError
+from agent.model import Condition, ConditionState, Event, ProbeStatus, Sample
+from agent.notify import Notifier, SystemdNotifier, watchdog_interval
+from agent.probes import build_probes
+from agent.probes.base import Probe
+from agent.probes.catalog import metrics_of
+from agent.rules import ConditionTracker, Transition
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 3.0
+"""Seconds the shutdown may spend on in-flight work before it is cancelled."""
+
+PROBE_UP = "nodemedic_probe_up"
+_LAG_PERIOD = 0.5
+
+
+class _StopRequestedError(Exception):
+    """Raised inside the task group to unwind it on a stop request."""
+
+
+class Agent:
+    """The running agent; implements :class:`agent.view.AgentView` for the API."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        probes: Sequence[Probe] | None = None,
+        clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self._probes = list(probes) if probes is not None else build_probes(settings.probes)
+        self._clock = clock
+        self._notifier = notifier if notifier is not None else SystemdNotifier()
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._store: Store | None = None
+        self._tracker: ConditionTracker | None = None
+        self._bus = EventBus()
+        self._api: ApiServer | None = None
+        self._latest: dict[str, Sequence[Sample]] = {}
+        self._status: dict[str, ProbeStatus] = {
+            probe.name: ProbeStatus(name=probe.name, interval=probe.interval)
+            for probe in self._probes
+        }
+        self._probe_up: dict[str, Sample] = {}
+        self._progress: dict[str, float] = {}
+        self._event_counts: Counter[str] = Counter()
+        self._lag = 0.0
+        self._last_status_line = ""
+        self.source = f"nodemedic://{settings.node.name}"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the agent to stop; safe to call from a signal handler callback."""
+        self._stop.set()
+
+    @property
+    def api_url(self) -> str | None:
+        """The API's base URL once it listens."""
+        return self._api.url if self._api is not None else None
+
+    async def run(self) -> None:
+        """Run until :meth:`request_stop`; raises StoreError when the state cannot be opened."""
+        self._open_state()
+        try:
+            await self._start_api()
+            self._emit(
+                "io.nodemedic.agent.started",
+                subject=self.settings.node.name,
+                data={
+                    "version": __version__,
+                    "probes": [probe.name for probe in self._probes],
+                    "rules": len(self.settings.rules),
+                    "api": self.api_url,
+                },
+            )
+            log.info(
+                "nodemedic %s started: node %s, %d probes, %d rules, API %s",
+                __version__,
+                self.settings.node.name,
+                len(self._probes),
+                len(self.settings.rules),
+                self.api_url or "disabled",
+            )
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for probe in self._probes:
+                        group.create_task(self._probe_loop(probe), name=f"probe:{probe.name}")
+                    group.create_task(self._measure_lag(), name="loop-lag")
+                    group.create_task(self._watchdog(), name="watchdog")
+                    group.create_task(self._wait_for_stop(), name="stop")
+                    self._check_ready()  # with no probe enabled there is nothing to wait for
+            except* _StopRequestedError:
+                pass
+        finally:
+            await self._shutdown()
+
+    def _open_state(self) -> None:
+        state_dir = self.settings.state_dir
+        self._store = Store.open(
+            Path(state_dir) / "nodemedic.db", max_events=self.settings.history.max_events
+        )
+        self._tracker = ConditionTracker(
+            self.settings.rules,
+            flap_window=self.settings.conditions.flap_window.total_seconds(),
+            flap_limit=self.settings.conditions.flap_limit,
+            restored=self._store.load_conditions(),
+        )
+        restored = self._tracker.conditions()
+        if restored:
+            firing = sum(1 for c in restored if c.state is ConditionState.FIRING)
+            log.info("restored %d conditions (%d firing)", len(restored), firing)
+        self._apply(self._tracker.retire_removed(self._clock()))
+
+    async def _start_api(self) -> None:
+        api = self.settings.api
+        if not api.enabled:
+            return
+        self._api = ApiServer(self)
+        await self._api.start(api.host, api.port)
+
+    async def _wait_for_stop(self) -> None:
+        await self._stop.wait()
+        raise _StopRequestedError
+
+    async def _shutdown(self) -> None:
+        self._notifier.notify("STOPPING=1")
+        log.info("stopping")
+        try:
+            if self._store is not None and self._tracker is not None:
+                self._emit("io.nodemedic.agent.stopping", subject=self.settings.node.name, data={})
+                self._save_conditions()
+            if self._api is not None:
+                try:
+                    await asyncio.wait_for(self._api.stop(), timeout=SHUTDOWN_GRACE)
+                except TimeoutError:
+                    log.warning("API did not stop within %.0fs", SHUTDOWN_GRACE)
+        finally:
+            self._bus.close()
+            for probe in self._probes:
+                probe.close()
+            if self._store is not None:
+                self._store.close()
+            log.info("stopped")
+
+    # -- probes and rules ------------------------------------------------------------
+
+    async def _probe_loop(self, probe: Probe) -> None:
+        loop = asyncio.get_running_loop()
+        next_run = loop.time()
+        while True:
+            await self._run_probe(probe)
+            self._progress[probe.name] = loop.time()
+            next_run += probe.interval
+            now = loop.time()
+            if next_run < now:  # overran: skip the missed slots instead of bursting
+                next_run = now + probe.interval
+            await asyncio.sleep(next_run - now)
+
+    async def _run_probe(self, probe: Probe) -> None:
+        started = self._clock()
+        t0 = time.perf_counter()
+        error: str | None = None
+        samples: Sequence[Sample] = ()
+        try:
+            # The probe enforces its own timeout; this one only guards against a probe bug.
+            samples = await asyncio.wait_for(probe.sample(), probe.timeout + 1.0)
+        except TimeoutError:
+            error = f"probe {probe.name} did not finish within {probe.timeout + 1.0:.1f}s"
+        except ProbeError as err:
+            error = str(err)
+        except Exception as err:  # a probe bug must not take the agent down
+            log.exception("probe %s raised unexpectedly", probe.name)
+            error = f"unexpected {type(err).__name__}: {err}"
+        duration = time.perf_counter() - t0
+        before = self._status[probe.name]
+        self._status[probe.name] = replace(
+            before,
+            last_run=started,
+            duration=duration,
+            error=error,
+            runs=before.runs + 1,
+            failures=before.failures + (error is not None),
+            samples=len(samples) if error is None else before.samples,
+        )
+        self._log_probe_transition(probe.name, before, error)
+        now = self._clock()
+        transitions: list[Transition] = []
+        tracker = self._require_tracker()
+        if error is None:
+            finite = [s for s in samples if math.isfinite(s.value)]
+            self._latest[probe.name] = finite
+            covered = {spec.name for spec in metrics_of(probe.name)}
+            transitions += tracker.observe(covered, finite, now)
+        self._probe_up[probe.name] = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=probe.name)
+        transitions += tracker.observe({PROBE_UP}, list(self._probe_up.values()), now)
+        self._apply(transitions)
+        self._check_ready()
+
+    def _log_probe_transition(self, name: str, before: ProbeStatus, error: str | None) -> None:
+        if error is not None and (before.error is None or before.runs == 0):
+            log.warning("probe %s failing: %s", name, error)
+            self._emit(
+                "io.nodemedic.probe.failed", subject=name, data={"probe": name, "error": error}
+            )
+        elif error is None and before.error is not None:
+            log.info("probe %s recovered", name)
+            self._emit("io.nodemedic.probe.recovered", subject=name, data={"probe": name})
+
+    def _apply(self, transitions: Iterable[Transition]) -> None:
+        changed = False
+        for transition in transitions:
+            changed = True
+            cond = transition.condition
+            log.info(
+                "condition %s%s %s -> %s: %s",
+                cond.rule,
+                _fmt_labels(cond.labels),
+                transition.previous.value,
+                cond.state.value,
+                transition.reason,
+            )
+            self._emit(transition.event_type, subject=cond.rule, data=transition.event_data())
+        if changed:
+            self._save_conditions()
+            self._update_status_line()
+
+    def _save_conditions(self) -> None:
+        if self._store is None or self._tracker is None:
+            return
+        try:
+            self._store.save_conditions(self._tracker.conditions())
+        except StoreError as err:
+            log.error("cannot save condition state: %s", err)
+
+    def _emit(self, type_: str, *, subject: str | None, data: Mapping[str, Any]) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            event = store.append_event(
+                source=self.source, type=type_, subject=subject, data=data, time=self._clock()
+            )
+        except StoreError as err:
+            log.error("cannot record event %s: %s", type_, err)
+            self._event_counts["store_failed"] += 1
+            return
+        self._event_counts[type_] += 1
+        self._bus.publish(event)
+
+    # -- readiness, watchdog, lag ----------------------------------------------------
+
+    def _check_ready(self) -> None:
+        if self._ready.is_set() or not all(s.runs for s in self._status.values()):
+            return
+        self._ready.set()
+        self._notifier.notify("READY=1")
+        self._update_status_line()
+        log.info("ready: every probe has run once")
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            await asyncio.sleep(interval)
+            stale = self._stalled_probes(loop.time(), started)
+            if stale:
+                # No ping: if the loops stay stuck, systemd's watchdog restarts the agent.
+                log.error("withholding watchdog ping: no progress from %s", ", ".join(stale))
+            else:
+                self._notifier.notify("WATCHDOG=1")
+
+    def _stalled_probes(self, now: float, started: float) -> list[str]:
+        stale = []
+        for probe in self._probes:
+            allowed = 2 * probe.interval + probe.timeout + 1.0
+            last = self._progress.get(probe.name, started)
+            if now - last > allowed:
+                stale.append(probe.name)
+        return stale
+
+    async def _measure_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + _LAG_PERIOD
+            await asyncio.sleep(_LAG_PERIOD)
+            self._lag = max(0.0, loop.time() - expected)
+
+    def _update_status_line(self) -> None:
+        if self._tracker is None:
+            return
+        firing = [c.rule for c in self._tracker.conditions() if c.state is ConditionState.FIRING]
+        pending = sum(1 for c in self._tracker.conditions() if c.state is ConditionState.PENDING)
+        ready = "ready" if self._ready.is_set() else "starting"
+        line = f"{ready}: {len(self._probes)} probes, {len(firing)} firing"
+        if firing:
+            line += f" ({', '.join(sorted(set(firing))[:3])})"
+        line += f", {pending} pending"
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self._notifier.notify(f"STATUS={line}")
+
+    def _require_tracker(self) -> ConditionTracker:
+        if self._tracker is None:
+            raise RuntimeError("agent state is not open")
+        return self._tracker
+
+    # -- AgentView -------------------------------------------------------------------
+
+    @property
+    def node_name(self) -> str:
+        """The node's name."""
+        return self.settings.node.name
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once every enabled probe has run once and the API listens."""
+        if self._ready.is_set():
+            return True, "ready"
+        waiting = sorted(name for name, status in self._status.items() if status.runs == 0)
+        return False, f"waiting for the first run of probes: {', '.join(waiting)}"
+
+    def latest_samples(self) -> Iterable[Sample]:
+        """The last successful samples of every probe."""
+        for samples in self._latest.values():
+            yield from samples
+
+    def probe_statuses(self) -> Sequence[ProbeStatus]:
+        """One status per enabled probe."""
+        return list(self._status.values())
+
+    def conditions(self) -> Sequence[Condition]:
+        """Every tracked condition."""
+        return self._tracker.conditions() if self._tracker is not None else []
+
+    def events(self, *, type: str | None, since: int | None, limit: int) -> Sequence[Event]:
+        """Stored events, oldest first."""
+        if self._store is None:
+            return []
+        return self._store.events(type=type, since=since, limit=limit)
+
+    def event_counts(self) -> Mapping[str, int]:
+        """Events emitted since start, by type."""
+        return dict(self._event_counts)
+
+    def bus_dropped(self) -> Mapping[str, int]:
+        """Events dropped per bus subscriber."""
+        return self._bus.dropped()
+
+    def loop_lag(self) -> float:
+        """Last measured event-loop lag, seconds."""
+        return self._lag
+
+    @property
+    def bus(self) -> EventBus:
+        """The event bus (subscribe to follow events in-process)."""
+        return self._bus
+
+
+def _fmt_labels(labels: Sequence[tuple[str, str]]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f"{k}={v}" for k, v in labels) + "}"

@@ -1,0 +1,666 @@
+"""The one SQLite database: event history and condition state, with a versioned schema.
+
+Threading: a :class:`Store` holds a single connection that must only be used from the
+thread that opened it, which in the agent is the event loop's thread
+(``check_same_thread=True`` enforces this). Calls are synchronous on purpose: in WAL
+mode with ``synchronous=NORMAL`` a commit does not fsync, so a write takes well under
+a millisecond, less than a hop to a worker thread would cost.
+
+Schema: :data:`_MIGRATIONS` is an append-only list. Migration *n* (1-based) brings the
+database to schema version *n*; each runs in its own transaction and is recorded in
+``schema_migrations``. Later features (the outbox, the remediation journal, the nonce
+cache) append migrations; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCHEMA_VERSION", "Store", "StoreStats"]
+
+import errno
+import json
+import logging
+import math
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from agent.errors import StoreError
+from agent.model import Condition, ConditionState, Event, LabelSet, Severity
+
+logger = logging.getLogger(__name__)
+
+_BUSY_TIMEOUT_MS: Final = 5_000
+_LAST_SEQUENCE_KEY: Final = "last_sequence"
+_EVENT_COLUMNS: Final = "sequence, id, source, type, subject, time, data"
+_CONDITION_COLUMNS: Final = (
+    "rule, labels, state, severity, value, since, pending_since, description, flaps"
+)
+
+
+# --- schema -------------------------------------------------------------------------
+
+
+def _m1_events_and_conditions(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, 0)", (_LAST_SEQUENCE_KEY,))
+    # sequence is the rowid: cursor paging and trimming are range scans on the primary key.
+    conn.execute(
+        "CREATE TABLE events ("
+        " sequence INTEGER PRIMARY KEY,"
+        " id TEXT NOT NULL UNIQUE,"
+        " source TEXT NOT NULL,"
+        " type TEXT NOT NULL,"
+        " subject TEXT,"
+        " time REAL NOT NULL,"
+        " data TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX events_by_type ON events (type, sequence)")
+    conn.execute(
+        "CREATE TABLE conditions ("
+        " rule TEXT NOT NULL,"
+        " labels TEXT NOT NULL,"
+        " state TEXT NOT NULL,"
+        " severity TEXT NOT NULL,"
+        " value REAL,"
+        " since REAL NOT NULL,"
+        " pending_since REAL,"
+        " description TEXT NOT NULL,"
+        " flaps TEXT NOT NULL,"
+        " PRIMARY KEY (rule, labels))"
+    )
+
+
+_MIGRATIONS: Final[tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...]] = (
+    ("event history, sequence counter and conditions", _m1_events_and_conditions),
+)
+
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+"""The schema version this code creates and understands."""
+
+
+# --- values -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Figures about the store, for metrics.
+
+    Attributes:
+        event_count: events currently held in the history.
+        last_sequence: the sequence of the newest event ever appended (0 before the first).
+        size_bytes: the main database file's size (page_count * page_size; excludes the WAL).
+    """
+
+    event_count: int
+    last_sequence: int
+    size_bytes: int
+
+
+# --- event ids ----------------------------------------------------------------------
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_VALUE: Final = {char: index for index, char in enumerate(_CROCKFORD)}
+_ID_LENGTH: Final = 26
+_TIME_BITS: Final = 48
+_RANDOM_BITS: Final = 80
+
+
+def _encode_id(value: int) -> str:
+    chars = []
+    for _ in range(_ID_LENGTH):
+        chars.append(_CROCKFORD[value & 0x1F])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def _decode_id(text: str) -> int:
+    if len(text) != _ID_LENGTH:
+        raise ValueError(f"not a {_ID_LENGTH}-character id: {text!r}")
+    value = 0
+    for char in text:
+        value = (value << 5) | _CROCKFORD_VALUE[char]  # KeyError is a LookupError, see seed()
+    return value
+
+
+class _EventIds:
+    """ULID-style ids: 48-bit ms timestamp + 80 random bits, Crockford base32, 26 chars.
+
+    Ids are strictly increasing: within one millisecond, or when the clock steps back,
+    the random part counts up from the previous id instead of being drawn afresh.
+    """
+
+    def __init__(self) -> None:
+        self._last_ms = -1
+        self._last_random = 0
+
+    def seed(self, last_id: str) -> None:
+        """Continue after ``last_id`` so ids stay ordered across restarts."""
+        try:
+            value = _decode_id(last_id)
+        except (ValueError, LookupError):
+            logger.warning("ignoring malformed stored event id %r", last_id)
+            return
+        self._last_ms = value >> _RANDOM_BITS
+        self._last_random = value & ((1 << _RANDOM_BITS) - 1)
+
+    def next(self, ms: int) -> str:
+        """The next id for an event created at ``ms`` (epoch milliseconds)."""
+        if not 0 <= ms < 1 << _TIME_BITS:
+            raise ValueError(f"event time {ms} ms is outside the id's 48-bit range")
+        if ms > self._last_ms:
+            self._last_ms, self._last_random = ms, secrets.randbits(_RANDOM_BITS)
+        else:
+            self._last_random += 1
+            if self._last_random >> _RANDOM_BITS:  # 2**80 ids in one ms: borrow the next ms
+                self._last_ms, self._last_random = self._last_ms + 1, 0
+        return _encode_id((self._last_ms << _RANDOM_BITS) | self._last_random)
+
+
+# --- JSON ---------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """A copy of ``value`` with NaN and infinities replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+# --- errors -------------------------------------------------------------------------
+
+_SQLITE_PERM: Final = 3
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
+_SQLITE_READONLY: Final = 8
+_SQLITE_IOERR: Final = 10
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_FULL: Final = 13
+_SQLITE_CANTOPEN: Final = 14
+_SQLITE_NOTADB: Final = 26
+
+
+def _hint(code: int | None) -> str:
+    primary = None if code is None else code & 0xFF
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return (
+            "the file is damaged or not a SQLite database; stop the agent and move it aside"
+            " together with its -wal and -shm files (a new, empty store is created at the next"
+            " start) or restore it from a backup"
+        )
+    if primary == _SQLITE_FULL:
+        return "the filesystem is full; free space on it"
+    if primary in (_SQLITE_CANTOPEN, _SQLITE_READONLY, _SQLITE_PERM):
+        return "check that the directory exists and is writable by the agent's user"
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return "another process holds a lock on the database; is a second agent running?"
+    if primary == _SQLITE_IOERR:
+        return "the disk reported an I/O error; check the kernel log"
+    return "see the SQLite error above"
+
+
+def _store_error(action: str, path: Path, err: sqlite3.Error) -> StoreError:
+    code: int | None = getattr(err, "sqlite_errorcode", None)
+    return StoreError(f"cannot {action} {path}: {err}; {_hint(code)}")
+
+
+def _os_error(action: str, path: Path, err: OSError) -> StoreError:
+    if err.errno == errno.ENOSPC:
+        hint = "the filesystem is full; free space on it"
+    else:
+        hint = "check that the state directory is a directory writable by the agent's user"
+    return StoreError(f"cannot {action} {path}: {err.strerror or err}; {hint}")
+
+
+# --- the store ----------------------------------------------------------------------
+
+
+class Store:
+    """The agent's SQLite database: bounded event history and current conditions.
+
+    Open it with :meth:`open`; use it as a context manager or call :meth:`close`. Every
+    SQLite or filesystem failure surfaces as :class:`~agent.errors.StoreError` naming
+    the file and what to do.
+    """
+
+    def __init__(self, *, path: Path, conn: sqlite3.Connection, max_events: int) -> None:
+        """Wrap an open, migrated connection; use :meth:`open` instead."""
+        self._path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._max_events = max_events
+        self._ids = _EventIds()
+        self._schema_version = 0
+
+    # lifecycle
+
+    @classmethod
+    def open(cls, path: Path, *, max_events: int = 10_000) -> Store:
+        """Open (creating and migrating as needed) the database at ``path``.
+
+        Args:
+            path: the database file; its directory is created with mode 0700 if missing.
+            max_events: how many events the history keeps; older ones are trimmed.
+
+        Raises:
+            ValueError: if ``max_events`` is less than 1.
+            StoreError: if the file cannot be created or opened, is damaged, fails
+                ``PRAGMA quick_check``, or has a schema newer than this code knows.
+        """
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, got {max_events}")
+        _prepare_file(path)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each method is
+            # exactly one transaction.
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as err:
+            raise _store_error("open the store", path, err) from err
+        store = cls(path=path, conn=conn, max_events=max_events)
+        try:
+            store._start()
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _start(self) -> None:
+        conn = self._connection()
+        try:
+            _configure(conn, self._path)
+            _quick_check(conn, self._path)
+            self._schema_version = _migrate(conn, self._path)
+            row = conn.execute("SELECT id FROM events ORDER BY sequence DESC LIMIT 1").fetchone()
+        except sqlite3.Error as err:
+            raise _store_error("open the store", self._path, err) from err
+        if row is not None:
+            self._ids.seed(row[0])
+        logger.info(
+            "store %s open: schema version %d, last event sequence %d",
+            self._path,
+            self._schema_version,
+            self.last_sequence(),
+        )
+
+    def close(self) -> None:
+        """Close the connection; idempotent. Later calls raise StoreError."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("PRAGMA optimize")  # keeps query plans good; cheap at close
+        except sqlite3.Error as err:
+            logger.warning("store %s: PRAGMA optimize failed at close: %s", self._path, err)
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Store:
+        """Return the store itself."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the store."""
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database (equals :data:`SCHEMA_VERSION`)."""
+        return self._schema_version
+
+    # events
+
+    def append_event(
+        self,
+        *,
+        source: str,
+        type: str,
+        subject: str | None,
+        data: Mapping[str, Any],
+        time: float,
+    ) -> Event:
+        """Persist a new event and return it with its id and sequence.
+
+        In one transaction: take the next sequence, insert the event, and trim the
+        history to ``max_events``. Non-finite floats in ``data`` are stored (and
+        returned) as None.
+
+        Args:
+            source: ``nodemedic://<node>``.
+            type: the event type, e.g. ``io.nodemedic.condition.firing``.
+            subject: what the event is about, or None.
+            data: the JSON payload.
+            time: epoch seconds the event happened; also the id's timestamp.
+
+        Raises:
+            ValueError: if ``time`` is not a finite, non-negative epoch.
+            TypeError: if ``data`` holds something JSON cannot represent.
+            StoreError: if the database cannot be written (full disk, I/O error).
+        """
+        if not math.isfinite(time) or time < 0:
+            raise ValueError(f"event time must be a finite epoch in seconds, got {time!r}")
+        safe_data: dict[str, Any] = _json_safe(data)
+        try:
+            text = _dumps(safe_data)
+        except TypeError as err:
+            raise TypeError(f"data of event {type!r} is not JSON-serialisable: {err}") from err
+        event_id = self._ids.next(math.floor(time * 1000))
+        with self._transaction("append an event to") as conn:
+            (last,) = conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (_LAST_SEQUENCE_KEY,)
+            ).fetchone()
+            sequence = int(last) + 1
+            conn.execute("UPDATE meta SET value = ? WHERE key = ?", (sequence, _LAST_SEQUENCE_KEY))
+            conn.execute(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  (constant columns)
+                (sequence, event_id, source, type, subject, time, text),
+            )
+            # Sequences in the table are contiguous, so this drops exactly the overflow.
+            conn.execute("DELETE FROM events WHERE sequence <= ?", (sequence - self._max_events,))
+        return Event(
+            id=event_id,
+            source=source,
+            type=type,
+            time=time,
+            sequence=sequence,
+            subject=subject,
+            data=safe_data,
+        )
+
+    def events(
+        self, *, type: str | None = None, since: int | None = None, limit: int = 100
+    ) -> list[Event]:
+        """Stored events, oldest first.
+
+        Args:
+            type: only events of this type; a value ending in ``.`` or ``*`` matches by
+                prefix (``io.nodemedic.condition.*``); None for all.
+            since: a sequence cursor, exclusive: up to ``limit`` events after it, in order.
+                Without it, the newest ``limit`` events.
+            limit: the most events to return.
+
+        Raises:
+            ValueError: if ``limit`` is negative.
+            StoreError: if the database cannot be read.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        where, params = _type_filter(type)
+        if since is not None:
+            where.append("sequence > ?")
+            params.append(since)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "ASC" if since is not None else "DESC"
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events {clause} ORDER BY sequence {order} LIMIT ?"  # noqa: S608  (constant fragments; values are bound)
+        rows = self._read("read events from", sql, (*params, limit))
+        if since is None:
+            rows.reverse()
+        return [_event_from_row(row) for row in rows]
+
+    def last_sequence(self) -> int:
+        """The sequence of the newest event ever appended; 0 before the first.
+
+        Raises:
+            StoreError: if the database cannot be read.
+        """
+        rows = self._read(
+            "read the sequence from",
+            "SELECT value FROM meta WHERE key = ?",
+            (_LAST_SEQUENCE_KEY,),
+        )
+        return int(rows[0][0])
+
+    # conditions
+
+    def save_conditions(self, conditions: Iterable[Condition]) -> None:
+        """Replace every stored condition with ``conditions``, in one transaction.
+
+        Raises:
+            ValueError: if two conditions share a key (rule and labels).
+            StoreError: if the database cannot be written.
+        """
+        rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for condition in conditions:
+            row = _condition_row(condition)
+            if (row[0], row[1]) in rows:
+                raise ValueError(f"duplicate condition {condition.rule} {dict(condition.labels)}")
+            rows[(row[0], row[1])] = row
+        placeholders = ", ".join("?" * 9)
+        with self._transaction("save conditions to") as conn:
+            conn.execute("DELETE FROM conditions")
+            conn.executemany(
+                f"INSERT INTO conditions ({_CONDITION_COLUMNS}) VALUES ({placeholders})",  # noqa: S608  (constant columns)
+                rows.values(),
+            )
+
+    def load_conditions(self) -> list[Condition]:
+        """Every stored condition, ordered by rule and labels.
+
+        Raises:
+            StoreError: if the database cannot be read.
+        """
+        rows = self._read(
+            "load conditions from",
+            f"SELECT {_CONDITION_COLUMNS} FROM conditions ORDER BY rule, labels",  # noqa: S608  (constant columns)
+            (),
+        )
+        return [_condition_from_row(row) for row in rows]
+
+    # metrics
+
+    def stats(self) -> StoreStats:
+        """Event count, last sequence and database size, for metrics.
+
+        Raises:
+            StoreError: if the database cannot be read.
+        """
+        (count,) = self._read("count events in", "SELECT COUNT(*) FROM events", ())[0]
+        (pages,) = self._read("size", "PRAGMA page_count", ())[0]
+        (page_size,) = self._read("size", "PRAGMA page_size", ())[0]
+        return StoreStats(
+            event_count=int(count),
+            last_sequence=self.last_sequence(),
+            size_bytes=int(pages) * int(page_size),
+        )
+
+    # plumbing
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"store {self._path} is closed")
+        return self._conn
+
+    def _read(self, action: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        conn = self._connection()
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as err:
+            raise _store_error(action, self._path, err) from err
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite errors become StoreError."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as err:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):  # SQLite may have rolled back already
+                    conn.execute("ROLLBACK")
+            if isinstance(err, sqlite3.Error):
+                raise _store_error(action, self._path, err) from err
+            raise
+
+
+# --- open helpers -------------------------------------------------------------------
+
+
+def _prepare_file(path: Path) -> None:
+    """Create the directory (0700) and an empty database file (0600) if missing."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise _os_error("create the state directory for", path, err) from err
+    # SQLite would create the file with the umask's mode; the -wal and -shm files copy it.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as err:
+        raise _os_error("create", path, err) from err
+    os.close(fd)
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        # e.g. a filesystem without shared memory; still correct, only slower.
+        logger.warning("store %s: WAL journal mode unavailable, using %s", path, mode)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(10)").fetchall()]
+    if problems != ["ok"]:
+        report = " ".join("; ".join(problems).split())  # SQLite's report spans lines
+        raise StoreError(
+            f"store {path} failed its integrity check ({report[:300]}); {_hint(_SQLITE_CORRUPT)}"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> int:
+    """Apply pending migrations, one transaction each; return the resulting version."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY,"
+        " description TEXT NOT NULL,"
+        " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
+    )
+    version = _applied_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"store {path} has schema version {version}, newer than the {SCHEMA_VERSION} this"
+            " nodemedic knows; upgrade nodemedic, or move the file aside to start afresh"
+        )
+    for number, (description, apply) in enumerate(_MIGRATIONS, start=1):
+        if number <= version:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while we waited for the write lock.
+            if _applied_version(conn) < number:
+                logger.info(
+                    "store %s: migrating to schema version %d (%s)", path, number, description
+                )
+                apply(conn)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
+                    (number, description),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version
+
+
+def _applied_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+    return int(version)
+
+
+# --- row mapping --------------------------------------------------------------------
+
+
+def _type_filter(type: str | None) -> tuple[list[str], list[Any]]:
+    if type is None:
+        return [], []
+    if not type.endswith((".", "*")):
+        return ["type = ?"], [type]
+    prefix = type.removesuffix("*")
+    if not prefix:
+        return [], []
+    # A range on the index instead of LIKE, which is case-insensitive and would scan.
+    # UTF-8 byte order equals code point order, so bumping the last character bounds it.
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if ord(prefix[-1]) < 0x10FFFF else None
+    if upper is None:
+        return ["type >= ?"], [prefix]
+    return ["type >= ?", "type < ?"], [prefix, upper]
+
+
+def _event_from_row(row: tuple[Any, ...]) -> Event:
+    sequence, event_id, source, type_, subject, time, data = row
+    return Event(
+        id=event_id,
+        source=source,
+        type=type_,
+        time=float(time),
+        sequence=int(sequence),
+        subject=subject,
+        data=json.loads(data),
+    )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _condition_row(condition: Condition) -> tuple[Any, ...]:
+    if not math.isfinite(condition.since):
+        raise ValueError(f"condition {condition.rule} has a non-finite since: {condition.since}")
+    value = None if condition.value is None or math.isnan(condition.value) else condition.value
+    return (
+        condition.rule,
+        _dumps(dict(condition.labels)),
+        condition.state.value,
+        condition.severity.value,
+        value,
+        condition.since,
+        _finite_or_none(condition.pending_since),
+        condition.description,
+        _dumps([flap for flap in condition.flaps if math.isfinite(flap)]),
+    )
+
+
+def _condition_from_row(row: tuple[Any, ...]) -> Condition:
+    rule, labels, state, severity, value, since, pending_since, description, flaps = row
+    label_set: LabelSet = tuple(sorted((str(k), str(v)) for k, v in json.loads(labels).items()))
+    return Condition(
+        rule=rule,
+        labels=label_set,
+        state=ConditionState(state),
+        severity=Severity(severity),
+        value=None if value is None else float(value),
+        since=float(since),
+        pending_since=None if pending_since is None else float(pending_since),
+        description=description,
+        flaps=tuple(float(flap) for flap in json.loads(flaps)),
+    )
