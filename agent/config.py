@@ -217,7 +217,8 @@ class FilesystemProbeConfig(ProbeConfig):
         "squashfs", "erofs", "sysfs", "tracefs", "ramfs",
     )  # fmt: skip
     exclude_mountpoints: str = (
-        r"^/(dev|proc|sys|run/credentials|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+        r"^/(dev|proc|sys|run/credentials|var/lib/docker/.+|var/lib/containers/storage/.+"
+        r"|var/lib/kubelet/pods/.+)($|/)"
     )
 
     @field_validator("exclude_mountpoints")

@@ -86,7 +86,7 @@ _SPECS: tuple[MetricSpec, ...] = (
         (),
         "Share of CPU time stolen by the hypervisor over the last interval.",
     ),
-    MetricSpec("nodemedic_cpu_count", "cpu", G, "cores", (), "Logical CPUs online."),
+    MetricSpec("nodemedic_cpu_cores", "cpu", G, "cores", (), "Logical CPUs online."),
     # memory
     MetricSpec("nodemedic_memory_total_bytes", "memory", G, "bytes", (), "Total usable memory."),
     MetricSpec(

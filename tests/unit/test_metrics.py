@@ -28,13 +28,6 @@ from .fake_view import AWKWARD_LABEL_VALUE, T0, FakeAgentView, busy_view
 REPO = Path(__file__).resolve().parents[2]
 PROMTOOL_CACHE = REPO / ".cache" / "promtool" / "usr" / "bin" / "promtool"
 
-PENDING_CATALOG_RENAMES = {
-    "nodemedic_cpu_count": 'promtool: gauges must not end in "_count" (reserved for summaries '
-    "and histograms); the catalog should call it e.g. nodemedic_cpu_cores",
-}
-"""Catalog names promtool flags; the catalog is another module's contract, so the lint
-test below pins exactly these until the catalog is fixed."""
-
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -445,27 +438,9 @@ def promtool_check(text: str) -> tuple[int, str]:
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
-def without_pending_renames(view: FakeAgentView) -> FakeAgentView:
-    """``view`` minus the samples of catalog names promtool is known to flag."""
-    view.samples = [s for s in view.samples if s.metric not in PENDING_CATALOG_RENAMES]
-    return view
-
-
 @pytest.mark.promtool
 def test_promtool_accepts_the_exposition_without_warnings() -> None:
-    status, printed = promtool_check(scrape(without_pending_renames(busy_view())))
+    status, printed = promtool_check(scrape(busy_view()))
 
     assert printed == ""
     assert status == 0
-
-
-@pytest.mark.promtool
-def test_promtool_flags_only_the_pending_catalog_renames() -> None:
-    status, printed = promtool_check(scrape(busy_view()))
-
-    flagged = {line.split(" ")[0] for line in printed.splitlines()}
-    assert flagged == set(PENDING_CATALOG_RENAMES), (
-        "promtool's complaints about the catalog changed; update PENDING_CATALOG_RENAMES "
-        f"(empty it once the catalog is fixed):\n{printed}"
-    )
-    assert status != 0

@@ -1,0 +1,185 @@
+"""The probe contract and the base class that runs blocking reads off the event loop.
+
+A :class:`BlockingProbe` owns one worker thread. ``sample()`` hands ``collect()`` to that
+thread under a timeout; a run that overstays is abandoned (a thread stuck in ``statvfs``
+on a dead NFS server cannot be interrupted) and the probe refuses to start another until
+it returns, so one hung mount costs one thread, never one per interval.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BlockingProbe", "Clock", "Probe", "parse_error", "read_text"]
+
+import abc
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from agent.errors import ProbeError, ProbeTimeoutError
+from agent.model import Sample
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+"""Monotonic seconds; injected so tests control elapsed time."""
+
+
+class Probe(Protocol):
+    """A source of samples, run by the agent every ``interval`` seconds.
+
+    Attributes:
+        name: a probe name from the catalog (``cpu``, ``memory``...).
+        interval: seconds between runs.
+        timeout: seconds one run may take.
+    """
+
+    name: str
+    interval: float
+    timeout: float
+
+    async def sample(self) -> Sequence[Sample]:
+        """Take one reading of every series the probe owns.
+
+        Raises:
+            ProbeError: when the source cannot be read.
+            ProbeTimeoutError: when the run (or a previous one) overstays its timeout.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the probe's resources without waiting for a hung run."""
+        ...
+
+
+class BlockingProbe(abc.ABC):
+    """Base for probes whose reading is blocking work (files, syscalls, psutil).
+
+    Subclasses implement :meth:`collect`; this class runs it in the probe's own
+    single-thread executor (threads named ``probe-<name>``), enforces the timeout and
+    translates ``OSError``, ``psutil.Error`` and ``ValueError`` into :class:`ProbeError`.
+    Any other exception is a bug in the probe and propagates unchanged.
+
+    Args:
+        name: the catalog probe name.
+        interval: seconds between runs (> 0).
+        timeout: seconds one run may take (> 0).
+        clock: monotonic seconds, for rates and for how long a run has hung.
+
+    Raises:
+        ValueError: when interval or timeout is not positive.
+    """
+
+    def __init__(
+        self, *, name: str, interval: float, timeout: float, clock: Clock = time.monotonic
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"probe {name}: interval must be positive, got {interval}")
+        if timeout <= 0:
+            raise ValueError(f"probe {name}: timeout must be positive, got {timeout}")
+        self.name = name
+        self.interval = float(interval)
+        self.timeout = float(timeout)
+        self._clock = clock
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"probe-{name}"
+        )
+        self._running: concurrent.futures.Future[list[Sample]] | None = None
+        self._started = 0.0
+        self._closed = False
+
+    @abc.abstractmethod
+    def collect(self) -> list[Sample]:
+        """Read the source and return the samples; runs in the probe's worker thread.
+
+        Raises:
+            OSError: when a file or syscall fails (``filename`` names the path).
+            ValueError: when the source is malformed (the message names the path).
+            psutil.Error: when psutil fails.
+        """
+
+    async def sample(self) -> Sequence[Sample]:
+        """Run :meth:`collect` in the worker thread under the timeout.
+
+        Raises:
+            ProbeError: when collect fails, or the probe is closed.
+            ProbeTimeoutError: when collect overstays the timeout, or a previous run is
+                still hung (no second run is queued behind it).
+        """
+        if self._closed:
+            raise ProbeError(f"probe {self.name} is closed")
+        running = self._running
+        if running is not None and not running.done():
+            hung_for = self._clock() - self._started
+            raise ProbeTimeoutError(
+                f"probe {self.name}: previous run still hung after {hung_for:.1f}s "
+                "(blocked in a read or syscall); not starting another"
+            )
+        self._started = self._clock()
+        future = self._executor.submit(self.collect)
+        self._running = future
+        waiter = asyncio.wrap_future(future)
+        try:
+            done, _ = await asyncio.wait((waiter,), timeout=self.timeout)
+        finally:
+            if not waiter.done():
+                # Cancelling the wrapper stops us waiting; it cannot stop the thread.
+                # ``self._running`` keeps tracking the thread itself.
+                waiter.cancel()
+        if not done:
+            future.add_done_callback(self._log_abandoned_run_returned)
+            raise ProbeTimeoutError(
+                f"probe {self.name}: run did not finish within {self.timeout:g}s"
+            )
+        try:
+            return waiter.result()
+        except OSError as err:
+            raise ProbeError(f"probe {self.name}: {_describe_os_error(err)}") from err
+        except psutil.Error as err:
+            raise ProbeError(f"probe {self.name}: psutil: {err}") from err
+        except ValueError as err:
+            raise ProbeError(f"probe {self.name}: {err}") from err
+
+    def close(self) -> None:
+        """Shut the executor down without waiting for a run in progress."""
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _log_abandoned_run_returned(self, _: concurrent.futures.Future[list[Sample]]) -> None:
+        # Runs in the worker thread when an abandoned run finally returns: the one
+        # moment anyone can learn how long the source really blocked.
+        log.info(
+            "probe %s: abandoned run returned after %.1fs",
+            self.name,
+            self._clock() - self._started,
+        )
+
+
+def read_text(path: Path) -> str:
+    """Read a small kernel file in one go.
+
+    Undecodable bytes are kept as surrogates, so a path read from a kernel file can be
+    handed back to a syscall unchanged.
+
+    Raises:
+        OSError: carrying the path, as ``open`` raises it.
+    """
+    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+        return handle.read()
+
+
+def parse_error(path: Path, detail: str) -> ValueError:
+    """A ValueError for malformed content that names the file, for :class:`ProbeError`."""
+    return ValueError(f"cannot parse {path}: {detail}")
+
+
+def _describe_os_error(err: OSError) -> str:
+    reason = err.strerror or str(err)
+    if err.filename is not None:
+        return f"cannot read {err.filename}: {reason}"
+    return reason

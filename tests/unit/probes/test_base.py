@@ -1,0 +1,194 @@
+"""BlockingProbe: the worker thread, the timeout, hung runs and error translation."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.errors import ProbeError, ProbeTimeoutError
+from agent.model import Sample
+from agent.probes.base import BlockingProbe, read_text
+from agent.probes.cpu import CpuProbe
+
+from .fakes import Closing, ManualClock
+
+
+class _ScriptedProbe(BlockingProbe):
+    """Raises ``error`` from collect, or returns one sample when it is None."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        super().__init__(name="fds", interval=1.0, timeout=5.0)
+        self.error = error
+        self.threads: list[str] = []
+
+    def collect(self) -> list[Sample]:
+        self.threads.append(threading.current_thread().name)
+        if self.error is not None:
+            raise self.error
+        return [Sample.of("nodemedic_fds_allocated", 7)]
+
+
+class _HangingProbe(BlockingProbe):
+    """Blocks in collect until ``release`` is set, like statvfs on a dead NFS server."""
+
+    def __init__(self, *, timeout: float, clock: ManualClock) -> None:
+        super().__init__(name="filesystem", interval=1.0, timeout=timeout, clock=clock)
+        self.release = threading.Event()
+        self.calls = 0
+
+    def collect(self) -> list[Sample]:
+        self.calls += 1
+        # Bounded, so a failing test cannot leave the thread behind forever.
+        self.release.wait(timeout=30)
+        return [
+            Sample.of("nodemedic_filesystem_readonly", 0, mountpoint="/", device="d", fstype="x")
+        ]
+
+
+def _probe_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"probe-{name}_")]
+
+
+@pytest.mark.asyncio
+async def test_collect_runs_in_the_probes_own_named_thread(closing: Closing) -> None:
+    probe = closing(_ScriptedProbe(None))
+
+    samples = await probe.sample()
+    await probe.sample()
+
+    assert samples == [Sample.of("nodemedic_fds_allocated", 7)]
+    assert probe.threads[0].startswith("probe-fds_")
+    assert probe.threads[0] != threading.current_thread().name
+    assert probe.threads == [probe.threads[0]] * 2, "one worker thread, reused"
+
+
+@pytest.mark.asyncio
+async def test_missing_file_becomes_probe_error_naming_probe_and_path(
+    tmp_path: Path, closing: Closing
+) -> None:
+    probe = closing(CpuProbe(proc=tmp_path))
+
+    with pytest.raises(ProbeError, match=r"^probe cpu: cannot read .*/stat: No such file") as info:
+        await probe.sample()
+
+    assert str(tmp_path / "stat") in str(info.value)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert not isinstance(info.value, ProbeTimeoutError)
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/proc/sys/fs/file-nr"),
+            "probe fds: cannot read /proc/sys/fs/file-nr: Permission denied",
+        ),
+        (ValueError("cannot parse /proc/x: bad line"), "probe fds: cannot parse /proc/x: bad line"),
+        (psutil.AccessDenied(pid=1, name="init"), "probe fds: psutil: "),
+    ],
+    ids=["oserror", "valueerror", "psutil"],
+)
+@pytest.mark.asyncio
+async def test_collect_failures_become_probe_error(
+    error: Exception, message: str, closing: Closing
+) -> None:
+    probe = closing(_ScriptedProbe(error))
+
+    with pytest.raises(ProbeError) as info:
+        await probe.sample()
+
+    assert str(info.value).startswith(message)
+    assert info.value.__cause__ is error
+
+
+@pytest.mark.asyncio
+async def test_a_bug_in_collect_is_not_disguised_as_a_probe_error(closing: Closing) -> None:
+    probe = closing(_ScriptedProbe(KeyError("MemTotal")))
+
+    with pytest.raises(KeyError):
+        await probe.sample()
+
+
+@pytest.mark.asyncio
+async def test_probe_recovers_after_a_failed_run(closing: Closing) -> None:
+    probe = closing(_ScriptedProbe(OSError(errno.EIO, "Input/output error", "/proc/x")))
+    with pytest.raises(ProbeError):
+        await probe.sample()
+
+    probe.error = None
+
+    assert await probe.sample() == [Sample.of("nodemedic_fds_allocated", 7)]
+
+
+@pytest.mark.asyncio
+async def test_hung_run_times_out_and_is_not_run_twice(caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock(start=100.0)
+    probe = _HangingProbe(timeout=0.2, clock=clock)
+    try:
+        with pytest.raises(
+            ProbeTimeoutError, match=r"^probe filesystem: run did not finish within 0\.2s$"
+        ):
+            await probe.sample()
+        clock.advance(7.5)
+
+        # Refused before the coroutine ever suspends: no waiting, no new thread, no queueing.
+        refused = probe.sample()
+        with pytest.raises(ProbeTimeoutError, match=r"previous run still hung after 7\.5s"):
+            refused.send(None)
+
+        assert probe.calls == 1
+        assert len(_probe_threads("filesystem")) == 1
+    finally:
+        probe.release.set()
+    with caplog.at_level(logging.INFO, logger="agent.probes.base"):
+        samples = await _sample_once_released(probe)
+    probe.close()
+    for thread in _probe_threads("filesystem"):
+        thread.join(timeout=5)
+
+    assert samples[0].metric == "nodemedic_filesystem_readonly"
+    assert probe.calls == 2
+    assert "probe filesystem: abandoned run returned after 7.5s" in caplog.messages
+    assert not _probe_threads("filesystem")
+
+
+async def _sample_once_released(probe: _HangingProbe) -> list[Sample]:
+    """Sample as soon as the abandoned run has returned (it is released already)."""
+    for _ in range(500):
+        try:
+            return list(await probe.sample())
+        except ProbeTimeoutError as err:
+            if "still hung" not in str(err):
+                raise
+            await asyncio.sleep(0.01)
+    pytest.fail("the released run never returned")
+
+
+@pytest.mark.asyncio
+async def test_closed_probe_refuses_to_sample() -> None:
+    probe = _ScriptedProbe(None)
+    probe.close()
+
+    with pytest.raises(ProbeError, match=r"^probe fds is closed$"):
+        await probe.sample()
+
+
+@pytest.mark.parametrize(("interval", "timeout"), [(0.0, 1.0), (1.0, 0.0), (-1.0, 1.0)])
+def test_non_positive_interval_or_timeout_is_rejected(interval: float, timeout: float) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        CpuProbe(interval=interval, timeout=timeout)
+
+
+def test_read_text_keeps_undecodable_bytes_for_syscalls(tmp_path: Path) -> None:
+    raw = b"/mnt/caf\xe9\n"
+    (tmp_path / "mountinfo").write_bytes(raw)
+
+    text = read_text(tmp_path / "mountinfo")
+
+    assert text.encode("utf-8", "surrogateescape") == raw
