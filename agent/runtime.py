@@ -173,6 +173,7 @@ class Agent:
                 probe.close()
             if self._store is not None:
                 self._store.close()
+                self._store = None
             log.info("stopped")
 
     # -- probes and rules ------------------------------------------------------------
@@ -196,7 +197,8 @@ class Agent:
         samples: Sequence[Sample] = ()
         try:
             # The probe enforces its own timeout; this one only guards against a probe bug.
-            samples = await asyncio.wait_for(probe.sample(), probe.timeout + 1.0)
+            async with asyncio.timeout(probe.timeout + 1.0):
+                samples = await probe.sample()
         except TimeoutError:
             error = f"probe {probe.name} did not finish within {probe.timeout + 1.0:.1f}s"
         except ProbeError as err:
