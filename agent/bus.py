@@ -22,14 +22,10 @@ __all__ = ["BusClosedError", "EventBus", "Subscription"]
 import asyncio
 import logging
 
-from agent.errors import AgentError
+from agent.errors import BusClosedError
 from agent.model import Event
 
 logger = logging.getLogger(__name__)
-
-
-class BusClosedError(AgentError):
-    """Raised when reading a subscription that has ended, or subscribing to a closed bus."""
 
 
 class Subscription:

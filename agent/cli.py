@@ -103,6 +103,9 @@ def _run(settings: AgentSettings) -> int:
     except OSError as err:  # e.g. the API port is taken
         log.error("cannot start: %s", err)
         code = EX_SOFTWARE
+    except KeyboardInterrupt:  # SIGINT before the handlers were installed: still a clean stop
+        log.info("interrupted while starting; stopped")
+        code = 0
     _exit_past_hung_threads(code)
     return code
 

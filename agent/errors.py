@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgentError",
+    "BusClosedError",
     "ConfigError",
     "ConfigIssue",
     "ProbeError",
@@ -16,6 +17,10 @@ from dataclasses import dataclass
 
 class AgentError(Exception):
     """Root of every error the agent raises on purpose."""
+
+
+class BusClosedError(AgentError):
+    """Raised when reading a subscription that has ended, or subscribing to a closed bus."""
 
 
 @dataclass(frozen=True, slots=True)

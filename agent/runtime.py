@@ -233,7 +233,7 @@ class Agent:
 
     def _log_probe_transition(self, name: str, before: ProbeStatus, error: str | None) -> None:
         if error is not None and (before.error is None or before.runs == 0):
-            log.warning("probe %s failing: %s", name, error)
+            log.warning("probe %s failing: %s", name, error, extra={"NODEMEDIC_PROBE": name})
             self._emit(
                 "io.nodemedic.probe.failed", subject=name, data={"probe": name, "error": error}
             )
@@ -253,6 +253,12 @@ class Agent:
                 transition.previous.value,
                 cond.state.value,
                 transition.reason,
+                # Journal fields, so `journalctl NODEMEDIC_RULE=...` finds a rule's history.
+                extra={
+                    "NODEMEDIC_RULE": cond.rule,
+                    "NODEMEDIC_STATE": cond.state.value,
+                    "NODEMEDIC_SEVERITY": cond.severity.value,
+                },
             )
             self._emit(transition.event_type, subject=cond.rule, data=transition.event_data())
         if changed:

@@ -6,10 +6,8 @@ thread that opened it, which in the agent is the event loop's thread
 mode with ``synchronous=NORMAL`` a commit does not fsync, so a write takes well under
 a millisecond, less than a hop to a worker thread would cost.
 
-Schema: :data:`_MIGRATIONS` is an append-only list. Migration *n* (1-based) brings the
-database to schema version *n*; each runs in its own transaction and is recorded in
-``schema_migrations``. Later features (the outbox, the remediation journal, the nonce
-cache) append migrations; never edit one that has shipped.
+The schema and its migrations live in :mod:`agent.migrations`; event ids come from
+:class:`agent.ids.EventIds`.
 """
 
 from __future__ import annotations
@@ -17,13 +15,11 @@ from __future__ import annotations
 __all__ = ["SCHEMA_VERSION", "Store", "StoreStats"]
 
 import errno
-import json
 import logging
 import math
 import os
-import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,57 +27,23 @@ from types import TracebackType
 from typing import Any, Final
 
 from agent.errors import StoreError
-from agent.model import Condition, ConditionState, Event, LabelSet, Severity
+from agent.ids import EventIds
+from agent.migrations import LAST_SEQUENCE_KEY, SCHEMA_VERSION, migrate
+from agent.model import Condition, Event
+from agent.store_rows import (
+    CONDITION_COLUMNS,
+    EVENT_COLUMNS,
+    condition_from_row,
+    condition_row,
+    dumps,
+    event_from_row,
+    json_safe,
+    type_filter,
+)
 
 logger = logging.getLogger(__name__)
 
 _BUSY_TIMEOUT_MS: Final = 5_000
-_LAST_SEQUENCE_KEY: Final = "last_sequence"
-_EVENT_COLUMNS: Final = "sequence, id, source, type, subject, time, data"
-_CONDITION_COLUMNS: Final = (
-    "rule, labels, state, severity, value, since, pending_since, description, flaps"
-)
-
-
-# --- schema -------------------------------------------------------------------------
-
-
-def _m1_events_and_conditions(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
-    conn.execute("INSERT INTO meta (key, value) VALUES (?, 0)", (_LAST_SEQUENCE_KEY,))
-    # sequence is the rowid: cursor paging and trimming are range scans on the primary key.
-    conn.execute(
-        "CREATE TABLE events ("
-        " sequence INTEGER PRIMARY KEY,"
-        " id TEXT NOT NULL UNIQUE,"
-        " source TEXT NOT NULL,"
-        " type TEXT NOT NULL,"
-        " subject TEXT,"
-        " time REAL NOT NULL,"
-        " data TEXT NOT NULL)"
-    )
-    conn.execute("CREATE INDEX events_by_type ON events (type, sequence)")
-    conn.execute(
-        "CREATE TABLE conditions ("
-        " rule TEXT NOT NULL,"
-        " labels TEXT NOT NULL,"
-        " state TEXT NOT NULL,"
-        " severity TEXT NOT NULL,"
-        " value REAL,"
-        " since REAL NOT NULL,"
-        " pending_since REAL,"
-        " description TEXT NOT NULL,"
-        " flaps TEXT NOT NULL,"
-        " PRIMARY KEY (rule, labels))"
-    )
-
-
-_MIGRATIONS: Final[tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...]] = (
-    ("event history, sequence counter and conditions", _m1_events_and_conditions),
-)
-
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-"""The schema version this code creates and understands."""
 
 
 # --- values -------------------------------------------------------------------------
@@ -100,84 +62,6 @@ class StoreStats:
     event_count: int
     last_sequence: int
     size_bytes: int
-
-
-# --- event ids ----------------------------------------------------------------------
-
-_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_CROCKFORD_VALUE: Final = {char: index for index, char in enumerate(_CROCKFORD)}
-_ID_LENGTH: Final = 26
-_TIME_BITS: Final = 48
-_RANDOM_BITS: Final = 80
-
-
-def _encode_id(value: int) -> str:
-    chars = []
-    for _ in range(_ID_LENGTH):
-        chars.append(_CROCKFORD[value & 0x1F])
-        value >>= 5
-    return "".join(reversed(chars))
-
-
-def _decode_id(text: str) -> int:
-    if len(text) != _ID_LENGTH:
-        raise ValueError(f"not a {_ID_LENGTH}-character id: {text!r}")
-    value = 0
-    for char in text:
-        value = (value << 5) | _CROCKFORD_VALUE[char]  # KeyError is a LookupError, see seed()
-    return value
-
-
-class _EventIds:
-    """ULID-style ids: 48-bit ms timestamp + 80 random bits, Crockford base32, 26 chars.
-
-    Ids are strictly increasing: within one millisecond, or when the clock steps back,
-    the random part counts up from the previous id instead of being drawn afresh.
-    """
-
-    def __init__(self) -> None:
-        self._last_ms = -1
-        self._last_random = 0
-
-    def seed(self, last_id: str) -> None:
-        """Continue after ``last_id`` so ids stay ordered across restarts."""
-        try:
-            value = _decode_id(last_id)
-        except (ValueError, LookupError):
-            logger.warning("ignoring malformed stored event id %r", last_id)
-            return
-        self._last_ms = value >> _RANDOM_BITS
-        self._last_random = value & ((1 << _RANDOM_BITS) - 1)
-
-    def next(self, ms: int) -> str:
-        """The next id for an event created at ``ms`` (epoch milliseconds)."""
-        if not 0 <= ms < 1 << _TIME_BITS:
-            raise ValueError(f"event time {ms} ms is outside the id's 48-bit range")
-        if ms > self._last_ms:
-            self._last_ms, self._last_random = ms, secrets.randbits(_RANDOM_BITS)
-        else:
-            self._last_random += 1
-            if self._last_random >> _RANDOM_BITS:  # 2**80 ids in one ms: borrow the next ms
-                self._last_ms, self._last_random = self._last_ms + 1, 0
-        return _encode_id((self._last_ms << _RANDOM_BITS) | self._last_random)
-
-
-# --- JSON ---------------------------------------------------------------------------
-
-
-def _json_safe(value: Any) -> Any:
-    """A copy of ``value`` with NaN and infinities replaced by None (JSON has no such numbers)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 # --- errors -------------------------------------------------------------------------
@@ -241,7 +125,7 @@ class Store:
         self._path = path
         self._conn: sqlite3.Connection | None = conn
         self._max_events = max_events
-        self._ids = _EventIds()
+        self._ids = EventIds()
         self._schema_version = 0
 
     # lifecycle
@@ -281,7 +165,7 @@ class Store:
         try:
             _configure(conn, self._path)
             _quick_check(conn, self._path)
-            self._schema_version = _migrate(conn, self._path)
+            self._schema_version = migrate(conn, self._path)
             row = conn.execute("SELECT id FROM events ORDER BY sequence DESC LIMIT 1").fetchone()
         except sqlite3.Error as err:
             raise _store_error("open the store", self._path, err) from err
@@ -360,20 +244,20 @@ class Store:
         """
         if not math.isfinite(time) or time < 0:
             raise ValueError(f"event time must be a finite epoch in seconds, got {time!r}")
-        safe_data: dict[str, Any] = _json_safe(data)
+        safe_data: dict[str, Any] = json_safe(data)
         try:
-            text = _dumps(safe_data)
+            text = dumps(safe_data)
         except TypeError as err:
             raise TypeError(f"data of event {type!r} is not JSON-serialisable: {err}") from err
         event_id = self._ids.next(math.floor(time * 1000))
         with self._transaction("append an event to") as conn:
             (last,) = conn.execute(
-                "SELECT value FROM meta WHERE key = ?", (_LAST_SEQUENCE_KEY,)
+                "SELECT value FROM meta WHERE key = ?", (LAST_SEQUENCE_KEY,)
             ).fetchone()
             sequence = int(last) + 1
-            conn.execute("UPDATE meta SET value = ? WHERE key = ?", (sequence, _LAST_SEQUENCE_KEY))
+            conn.execute("UPDATE meta SET value = ? WHERE key = ?", (sequence, LAST_SEQUENCE_KEY))
             conn.execute(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  (constant columns)
+                f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  (constant columns)
                 (sequence, event_id, source, type, subject, time, text),
             )
             # Sequences in the table are contiguous, so this drops exactly the overflow.
@@ -406,17 +290,17 @@ class Store:
         """
         if limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
-        where, params = _type_filter(type)
+        where, params = type_filter(type)
         if since is not None:
             where.append("sequence > ?")
             params.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "ASC" if since is not None else "DESC"
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events {clause} ORDER BY sequence {order} LIMIT ?"  # noqa: S608  (constant fragments; values are bound)
+        sql = f"SELECT {EVENT_COLUMNS} FROM events {clause} ORDER BY sequence {order} LIMIT ?"  # noqa: S608  (constant fragments; values are bound)
         rows = self._read("read events from", sql, (*params, limit))
         if since is None:
             rows.reverse()
-        return [_event_from_row(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     def last_sequence(self) -> int:
         """The sequence of the newest event ever appended; 0 before the first.
@@ -427,7 +311,7 @@ class Store:
         rows = self._read(
             "read the sequence from",
             "SELECT value FROM meta WHERE key = ?",
-            (_LAST_SEQUENCE_KEY,),
+            (LAST_SEQUENCE_KEY,),
         )
         return int(rows[0][0])
 
@@ -442,7 +326,7 @@ class Store:
         """
         rows: dict[tuple[str, str], tuple[Any, ...]] = {}
         for condition in conditions:
-            row = _condition_row(condition)
+            row = condition_row(condition)
             if (row[0], row[1]) in rows:
                 raise ValueError(f"duplicate condition {condition.rule} {dict(condition.labels)}")
             rows[(row[0], row[1])] = row
@@ -450,7 +334,7 @@ class Store:
         with self._transaction("save conditions to") as conn:
             conn.execute("DELETE FROM conditions")
             conn.executemany(
-                f"INSERT INTO conditions ({_CONDITION_COLUMNS}) VALUES ({placeholders})",  # noqa: S608  (constant columns)
+                f"INSERT INTO conditions ({CONDITION_COLUMNS}) VALUES ({placeholders})",  # noqa: S608  (constant columns)
                 rows.values(),
             )
 
@@ -462,10 +346,10 @@ class Store:
         """
         rows = self._read(
             "load conditions from",
-            f"SELECT {_CONDITION_COLUMNS} FROM conditions ORDER BY rule, labels",  # noqa: S608  (constant columns)
+            f"SELECT {CONDITION_COLUMNS} FROM conditions ORDER BY rule, labels",  # noqa: S608  (constant columns)
             (),
         )
-        return [_condition_from_row(row) for row in rows]
+        return [condition_from_row(row) for row in rows]
 
     # metrics
 
@@ -551,116 +435,3 @@ def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
         raise StoreError(
             f"store {path} failed its integrity check ({report[:300]}); {_hint(_SQLITE_CORRUPT)}"
         )
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> int:
-    """Apply pending migrations, one transaction each; return the resulting version."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER PRIMARY KEY,"
-        " description TEXT NOT NULL,"
-        " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
-    )
-    version = _applied_version(conn)
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"store {path} has schema version {version}, newer than the {SCHEMA_VERSION} this"
-            " nodemedic knows; upgrade nodemedic, or move the file aside to start afresh"
-        )
-    for number, (description, apply) in enumerate(_MIGRATIONS, start=1):
-        if number <= version:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have migrated while we waited for the write lock.
-            if _applied_version(conn) < number:
-                logger.info(
-                    "store %s: migrating to schema version %d (%s)", path, number, description
-                )
-                apply(conn)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, description) VALUES (?, ?)",
-                    (number, description),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-        version = number
-    return version
-
-
-def _applied_version(conn: sqlite3.Connection) -> int:
-    (version,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
-    return int(version)
-
-
-# --- row mapping --------------------------------------------------------------------
-
-
-def _type_filter(type: str | None) -> tuple[list[str], list[Any]]:
-    if type is None:
-        return [], []
-    if not type.endswith((".", "*")):
-        return ["type = ?"], [type]
-    prefix = type.removesuffix("*")
-    if not prefix:
-        return [], []
-    # A range on the index instead of LIKE, which is case-insensitive and would scan.
-    # UTF-8 byte order equals code point order, so bumping the last character bounds it.
-    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if ord(prefix[-1]) < 0x10FFFF else None
-    if upper is None:
-        return ["type >= ?"], [prefix]
-    return ["type >= ?", "type < ?"], [prefix, upper]
-
-
-def _event_from_row(row: tuple[Any, ...]) -> Event:
-    sequence, event_id, source, type_, subject, time, data = row
-    return Event(
-        id=event_id,
-        source=source,
-        type=type_,
-        time=float(time),
-        sequence=int(sequence),
-        subject=subject,
-        data=json.loads(data),
-    )
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _condition_row(condition: Condition) -> tuple[Any, ...]:
-    if not math.isfinite(condition.since):
-        raise ValueError(f"condition {condition.rule} has a non-finite since: {condition.since}")
-    value = None if condition.value is None or math.isnan(condition.value) else condition.value
-    return (
-        condition.rule,
-        _dumps(dict(condition.labels)),
-        condition.state.value,
-        condition.severity.value,
-        value,
-        condition.since,
-        _finite_or_none(condition.pending_since),
-        condition.description,
-        _dumps([flap for flap in condition.flaps if math.isfinite(flap)]),
-    )
-
-
-def _condition_from_row(row: tuple[Any, ...]) -> Condition:
-    rule, labels, state, severity, value, since, pending_since, description, flaps = row
-    label_set: LabelSet = tuple(sorted((str(k), str(v)) for k, v in json.loads(labels).items()))
-    return Condition(
-        rule=rule,
-        labels=label_set,
-        state=ConditionState(state),
-        severity=Severity(severity),
-        value=None if value is None else float(value),
-        since=float(since),
-        pending_since=None if pending_since is None else float(pending_since),
-        description=description,
-        flaps=tuple(float(flap) for flap in json.loads(flaps)),
-    )

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-PROBES = ("cpu", "memory", "load", "pressure", "filesystem", "diskio", "network", "fds",
-          "clock", "sensors")  # fmt: skip
+from agent.probes.catalog import PROBE_NAMES
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -63,7 +63,7 @@ def measure(seconds: float, warmup: float) -> dict[str, float]:
             "state_dir": f"{tmp}/state",
             "api": {"listen": f"127.0.0.1:{port}"},
             "log": {"level": "warning"},
-            "probes": {name: {"interval": "1s"} for name in PROBES},
+            "probes": {name: {"interval": "1s"} for name in PROBE_NAMES},
         }
         path = Path(tmp) / "nodemedic.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.probes.catalog import PROBE_NAMES
+
 REPO = Path(__file__).resolve().parent.parent
 NODEMEDIC = Path(sys.executable).with_name("nodemedic")
 
@@ -133,21 +135,7 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
         agent.kill()
 
 
-FAST_PROBES = {
-    name: {"interval": "200ms"}
-    for name in (
-        "cpu",
-        "memory",
-        "load",
-        "pressure",
-        "filesystem",
-        "diskio",
-        "network",
-        "fds",
-        "clock",
-        "sensors",
-    )
-}
+FAST_PROBES = {name: {"interval": "200ms"} for name in PROBE_NAMES}
 
 
 def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FAST_PROBES, REPO, AgentProcess, http_json, run_cli
+from tests.conftest import FAST_PROBES, REPO, AgentProcess, http_get, http_json, run_cli
+from tests.unit.test_metrics import promtool_check
 
 BAD_CONFIGS = sorted((REPO / "tests" / "fixtures" / "bad-configs").glob("*.yaml"))
 BUNDLED = REPO / "config" / "nodemedic.yaml"
@@ -149,3 +150,20 @@ def test_events_keep_their_sequence_across_restarts(
     started = [e for e in body["events"] if e["type"] == "io.nodemedic.agent.started"]
     assert len(started) == 3
     assert all(e["source"] == "nodemedic://" + e["subject"] for e in started)
+
+
+@pytest.mark.promtool
+def test_a_running_agents_metrics_pass_promtool(
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    agent = agent_factory({"probes": FAST_PROBES})
+    agent.start()
+    agent.wait_ready()
+    status, text = http_get(agent.url + "/metrics")
+    assert status == 200
+    for name in ("nodemedic_filesystem_used_ratio", "nodemedic_probe_up", "nodemedic_build_info"):
+        assert f"\n{name}" in text
+    code, printed = promtool_check(text)
+    assert printed == ""
+    assert code == 0
+    assert agent.stop()[0] == 0

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.probes.catalog import PROBE_NAMES
 from tests.conftest import AgentProcess, http_get, http_json
 
 pytestmark = pytest.mark.root
@@ -79,19 +80,7 @@ def test_filling_and_emptying_a_disk_fires_and_resolves(
     mountpoint = str(scratch_fs)
     settings = {
         "probes": {
-            name: {"enabled": name == "filesystem", "interval": "200ms"}
-            for name in (
-                "cpu",
-                "memory",
-                "load",
-                "pressure",
-                "filesystem",
-                "diskio",
-                "network",
-                "fds",
-                "clock",
-                "sensors",
-            )
+            name: {"enabled": name == "filesystem", "interval": "200ms"} for name in PROBE_NAMES
         },
         "rules": [
             {
