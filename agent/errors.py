@@ -9,6 +9,7 @@ __all__ = [
     "ConfigIssue",
     "ProbeError",
     "ProbeTimeoutError",
+    "StoreCorruptError",
     "StoreError",
 ]
 
@@ -60,3 +61,7 @@ class ProbeTimeoutError(ProbeError):
 
 class StoreError(AgentError):
     """Raised when the SQLite store cannot be opened, migrated or written."""
+
+
+class StoreCorruptError(StoreError):
+    """Raised when the database file is damaged or not a SQLite database at all."""

@@ -25,7 +25,7 @@ from agent import __version__
 from agent.api import ApiServer
 from agent.bus import EventBus
 from agent.config import AgentSettings
-from agent.errors import ProbeError, StoreError
+from agent.errors import ProbeError, StoreCorruptError, StoreError
 from agent.model import Condition, ConditionState, Event, ProbeStatus, Sample
 from agent.notify import Notifier, SystemdNotifier, watchdog_interval
 from agent.probes import build_probes
@@ -128,10 +128,21 @@ class Agent:
             await self._shutdown()
 
     def _open_state(self) -> None:
-        state_dir = self.settings.state_dir
-        self._store = Store.open(
-            Path(state_dir) / "nodemedic.db", max_events=self.settings.history.max_events
-        )
+        path = Path(self.settings.state_dir) / "nodemedic.db"
+        max_events = self.settings.history.max_events
+        try:
+            self._store = Store.open(path, max_events=max_events)
+        except StoreCorruptError as err:
+            # Refusing to start would only crash-loop under systemd and watch nothing; the
+            # damaged file is kept beside for a post-mortem, and the reset is an event.
+            moved = _move_aside(path, self._clock())
+            log.error("%s; moved it to %s and started an empty store", err, moved)
+            self._store = Store.open(path, max_events=max_events)
+            self._emit(
+                "io.nodemedic.store.reset",
+                subject=str(path),
+                data={"error": str(err), "moved_to": str(moved)},
+            )
         self._tracker = ConditionTracker(
             self.settings.rules,
             flap_window=self.settings.conditions.flap_window.total_seconds(),
@@ -397,6 +408,16 @@ class Agent:
     def bus(self) -> EventBus:
         """The event bus (subscribe to follow events in-process)."""
         return self._bus
+
+
+def _move_aside(path: Path, now: float) -> Path:
+    """Rename a damaged database and its WAL files to ``<name>.corrupt-<epoch>``."""
+    target = path.with_name(f"{path.name}.corrupt-{int(now)}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(target.with_name(target.name + suffix))
+    return target
 
 
 def _fmt_labels(labels: Sequence[tuple[str, str]]) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from agent.errors import StoreError
+from agent.errors import StoreCorruptError, StoreError
 from agent.ids import EventIds
 from agent.migrations import LAST_SEQUENCE_KEY, SCHEMA_VERSION, migrate
 from agent.model import Condition, Event
@@ -98,7 +98,10 @@ def _hint(code: int | None) -> str:
 
 def _store_error(action: str, path: Path, err: sqlite3.Error) -> StoreError:
     code: int | None = getattr(err, "sqlite_errorcode", None)
-    return StoreError(f"cannot {action} {path}: {err}; {_hint(code)}")
+    message = f"cannot {action} {path}: {err}; {_hint(code)}"
+    if code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreCorruptError(message)
+    return StoreError(message)
 
 
 def _os_error(action: str, path: Path, err: OSError) -> StoreError:
@@ -432,6 +435,6 @@ def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
     problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(10)").fetchall()]
     if problems != ["ok"]:
         report = " ".join("; ".join(problems).split())  # SQLite's report spans lines
-        raise StoreError(
+        raise StoreCorruptError(
             f"store {path} failed its integrity check ({report[:300]}); {_hint(_SQLITE_CORRUPT)}"
         )

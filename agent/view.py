@@ -39,7 +39,10 @@ class AgentView(Protocol):
         ...
 
     def events(self, *, type: str | None, since: int | None, limit: int) -> Sequence[Event]:
-        """Stored events, oldest first: after sequence ``since`` or, without it, the newest."""
+        """Stored events, oldest first: after sequence ``since`` or, without it, the newest.
+
+        ``type`` matches exactly, or as a prefix when it ends in ``.`` or ``*``.
+        """
         ...
 
     def event_counts(self) -> Mapping[str, int]:

@@ -55,8 +55,9 @@ def _get(url: str) -> int:
         return len(resp.read())
 
 
-def measure(seconds: float, warmup: float) -> dict[str, float]:
-    """One run: start the agent, warm up, measure for ``seconds``, stop it."""
+def measure(seconds: float, warmup: float, *, scrape: bool) -> dict[str, float]:
+    """One run: start the agent, warm up, measure for ``seconds`` (scraping /metrics at
+    1 Hz when ``scrape``), stop it."""
     with tempfile.TemporaryDirectory(prefix="nodemedic-bench-") as tmp:
         port = free_port()
         config = {
@@ -85,7 +86,8 @@ def measure(seconds: float, warmup: float) -> dict[str, float]:
             scrape_bytes = 0
             end = t0 + seconds
             while time.monotonic() < end:
-                scrape_bytes = _get(base + "/metrics")
+                if scrape:
+                    scrape_bytes = _get(base + "/metrics")
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0))
             cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
             rss = _rss_bytes(proc.pid)
@@ -109,19 +111,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    runs = [measure(args.seconds, args.warmup) for _ in range(args.repeat)]
-    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    results: dict[str, dict[str, object]] = {}
     print(
-        f"agent overhead, default probes at 1 s, /metrics scraped at 1 Hz, "
-        f"{args.repeat} runs x {args.seconds:.0f} s (median):"
+        f"agent overhead, default probes at 1 s, {args.repeat} runs x {args.seconds:.0f} s, median:"
     )
-    print(f"  CPU            {median['cpu_percent_of_one_core']:.2f} % of one core")
-    print(f"  CPU per cycle  {median['cpu_ms_per_cycle']:.2f} ms")
-    print(f"  RSS            {median['rss_mib']:.1f} MiB")
-    print(f"  /metrics size  {median['metrics_bytes'] / 1024:.1f} KiB")
+    print(f"  {'mode':28s} {'CPU % of a core':>16s} {'CPU ms/cycle':>13s} {'RSS MiB':>8s}")
+    for mode, scrape in (("probes only", False), ("probes + /metrics at 1 Hz", True)):
+        runs = [measure(args.seconds, args.warmup, scrape=scrape) for _ in range(args.repeat)]
+        median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        results[mode] = {"runs": runs, "median": median}
+        print(
+            f"  {mode:28s} {median['cpu_percent_of_one_core']:16.2f} "
+            f"{median['cpu_ms_per_cycle']:13.2f} {median['rss_mib']:8.1f}"
+        )
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "agent_overhead.json").write_text(json.dumps({"runs": runs, "median": median}, indent=2))
+    (out / "agent_overhead.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

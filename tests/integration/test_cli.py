@@ -167,3 +167,21 @@ def test_a_running_agents_metrics_pass_promtool(
     assert printed == ""
     assert code == 0
     assert agent.stop()[0] == 0
+
+
+def test_a_corrupt_database_is_moved_aside_not_a_crash_loop(
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    agent = agent_factory({"probes": FAST_PROBES})
+    state = agent.workdir / "state"
+    state.mkdir()
+    (state / "nodemedic.db").write_bytes(b"this is not a database\n" * 200)
+    agent.start()
+    agent.wait_ready()
+    types = [e["type"] for e in http_json(agent.url + "/v1/events?limit=10")["events"]]
+    assert types[:2] == ["io.nodemedic.store.reset", "io.nodemedic.agent.started"]
+    moved = list(state.glob("nodemedic.db.corrupt-*"))
+    assert len(moved) == 1
+    assert moved[0].read_bytes().startswith(b"this is not a database")
+    assert "moved it to" in agent.log()
+    assert agent.stop()[0] == 0

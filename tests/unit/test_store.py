@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import StoreError
+from agent.errors import StoreCorruptError, StoreError
 from agent.model import Condition, ConditionState, Event, Severity, labelset
 from agent.store import SCHEMA_VERSION, Store
 
@@ -302,7 +302,7 @@ def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
 def test_a_file_that_is_not_a_database_is_refused_naming_it(db_path: Path) -> None:
     db_path.parent.mkdir()
     db_path.write_bytes(b"this is not sqlite\x00\xff" * 500)
-    with pytest.raises(StoreError, match="move it aside") as caught:
+    with pytest.raises(StoreCorruptError, match="move it aside") as caught:
         Store.open(db_path)
     assert str(db_path) in str(caught.value)
     assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
@@ -317,7 +317,7 @@ def test_a_damaged_database_fails_the_integrity_check(db_path: Path) -> None:
     # that opening the file does not notice, only the check does.
     raw[len(raw) - page_size + 7] = 0x7F
     db_path.write_bytes(bytes(raw))
-    with pytest.raises(StoreError, match="integrity check") as caught:
+    with pytest.raises(StoreCorruptError, match="integrity check") as caught:
         Store.open(db_path)
     assert str(db_path) in str(caught.value)
 
