@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import FAST_PROBES, REPO, AgentProcess, http_get, http_json, run_cli
 from tests.unit.test_metrics import promtool_check
@@ -185,3 +186,56 @@ def test_a_corrupt_database_is_moved_aside_not_a_crash_loop(
     assert moved[0].read_bytes().startswith(b"this is not a database")
     assert "moved it to" in agent.log()
     assert agent.stop()[0] == 0
+
+
+def test_a_rule_removed_from_the_config_is_retired_with_a_resolved_event(
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    always = {
+        "name": "always-firing",
+        "metric": "nodemedic_cpu_cores",
+        "op": ">",
+        "threshold": 0,
+        "severity": "info",
+    }
+    agent = agent_factory({"probes": FAST_PROBES, "rules": [always]})
+    agent.start()
+    agent.wait_ready()
+    firing = http_json(agent.url + "/v1/conditions?state=firing")["conditions"]
+    assert [c["name"] for c in firing] == ["always-firing"]
+    assert agent.stop()[0] == 0
+
+    config = yaml.safe_load(agent.config_path.read_text(encoding="utf-8"))
+    config["rules"] = []
+    agent.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    agent.start()
+    agent.wait_ready()
+    events = http_json(agent.url + "/v1/events?type=io.nodemedic.condition.*&limit=100")["events"]
+    assert [(e["subject"], e["data"]["state"]) for e in events] == [
+        ("always-firing", "firing"),
+        ("always-firing", "resolved"),
+    ]
+    assert events[1]["data"]["reason"] == "rule removed"
+    assert http_json(agent.url + "/v1/conditions")["conditions"] == []
+    assert agent.stop()[0] == 0
+
+
+def test_a_second_signal_exits_at_once(agent_factory: Callable[..., AgentProcess]) -> None:
+    agent = agent_factory({"probes": FAST_PROBES})
+    agent.start()
+    agent.wait_ready()
+    assert agent.proc is not None
+    # Two different signals: the kernel merges a second SIGTERM into one still pending,
+    # and which of two pending signals is handled first is up to the scheduler.
+    agent.proc.send_signal(signal.SIGTERM)
+    agent.proc.send_signal(signal.SIGINT)
+    code = agent.proc.wait(timeout=5)
+    log = agent.log()
+    first, second = (
+        (signal.SIGINT, signal.SIGTERM)
+        if code == 128 + signal.SIGTERM
+        else (signal.SIGTERM, signal.SIGINT)
+    )
+    assert code == 128 + second, log
+    assert f"received {first.name}; stopping" in log
+    assert f"received {second.name} again; exiting now" in log
