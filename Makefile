@@ -22,6 +22,7 @@ help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
 	@echo "make test   - install test dependencies and run lint, types and the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
 
 $(BIN)/.installed: pyproject.toml
 	@scripts/ensure-apt $(APT_BUILD)
@@ -70,8 +71,12 @@ check: lint typecheck
 
 test: lint typecheck pytest
 
-bench: venv
+bench: venv bench-mqtt
 	$(BIN)/python -m bench.agent_overhead
+
+# MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
+bench-mqtt: venv apt-test
+	$(BIN)/python -m bench.mqtt_throughput
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache state
