@@ -7,11 +7,13 @@ of the agent's MQTT code.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import subprocess
 import uuid
 
+import aiomqtt
 import pytest
 
 from tests.brokers import (  # the fixtures are imported to register them in this module
@@ -243,10 +245,72 @@ def test_a_broker_without_persistence_forgets_the_session(
     assert _pub(broker, topic, "lost").returncode == 0
     broker.restart()
     resume = subprocess.run(
-        ["mosquitto_sub", *session, "-t", topic, "-C", "1", "-W", "2"],
+        ["mosquitto_sub", *session, "-t", topic, "-C", "1", "-W", "1"],
         capture_output=True,
         text=True,
         timeout=15,
         check=False,
     )
     assert resume.stdout == ""
+
+
+# -- the same listeners through aiomqtt, as the agent's Python clients see them ----------
+
+
+def _client(
+    broker: MosquittoBroker,
+    listener: Listener,
+    *,
+    password: str | None = None,
+    client: ClientCert = "good",
+    timeout: float = 5.0,
+) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        broker.host,
+        broker.port(listener),
+        username=broker.username if listener == "password" else None,
+        password=(password or broker.good_password) if listener == "password" else None,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=broker.client_context(client) if listener == "tls" else None,
+        timeout=timeout,
+    )
+
+
+async def _aiomqtt_round_trip(broker: MosquittoBroker, listener: Listener) -> None:
+    topic = _topic()
+    async with _client(broker, listener) as client:
+        await client.subscribe(topic, qos=1)
+        await client.publish(topic, b"hello", qos=1)
+        async with asyncio.timeout(10):
+            message = await anext(aiter(client.messages))
+    assert message.payload == b"hello"
+    assert message.qos == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("listener", ["anon", "password", "tls"])
+async def test_aiomqtt_round_trip_on_every_listener(
+    mosquitto: MosquittoBroker, listener: Listener
+) -> None:
+    await _aiomqtt_round_trip(mosquitto, listener)
+
+
+@pytest.mark.asyncio
+async def test_aiomqtt_is_refused_a_bad_password(mosquitto: MosquittoBroker) -> None:
+    with pytest.raises(aiomqtt.MqttCodeError) as refused:
+        async with _client(mosquitto, "password", password=mosquitto.bad_password):
+            pass
+    assert "not authori" in str(refused.value).lower()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("client", ["foreign", "none"])
+async def test_aiomqtt_is_refused_without_a_cert_of_our_ca(
+    mosquitto: MosquittoBroker, client: ClientCert
+) -> None:
+    # aiomqtt sees the broker's TLS alert only as a CONNACK that never comes (paho logs
+    # the alert), hence the short timeout.
+    with pytest.raises(aiomqtt.MqttError):
+        async with _client(mosquitto, "tls", client=client, timeout=1.0):
+            pass
+    assert "certificate" in mosquitto.log()
