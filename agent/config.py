@@ -623,6 +623,10 @@ def load_settings(path: Path | None, *, environ: Mapping[str, str] | None = None
         _config_data.reset(token)
 
 
+_NO_ECHO = frozenset({"mqtt.url", "mqtt.password", "mqtt.username"})
+"""Fields whose bad values are not repeated in errors: they may hold a secret."""
+
+
 def _issue(error: Any, data: Mapping[str, Any], source: str, env: Mapping[str, str]) -> ConfigIssue:
     loc: Sequence[str | int] = error["loc"]
     path = _dotted(loc)
@@ -645,6 +649,7 @@ def _issue(error: Any, data: Mapping[str, Any], source: str, env: Mapping[str, s
         message = "required field is missing"
     elif (
         "input" in error
+        and path not in _NO_ECHO
         and not isinstance(error["input"], dict | list | tuple)
         and repr(error["input"]) not in message
     ):

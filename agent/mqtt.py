@@ -256,7 +256,7 @@ class MqttPublisher:
             log.warning("MQTT: not everything was published within %.1fs; the rest waits", grace)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=1.0)
+                await asyncio.wait_for(task, timeout=0.5)
         except Exception:
             log.exception("MQTT publisher failed while stopping")
         finally:

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 3.0
 """Seconds the shutdown may spend on in-flight work before it is cancelled."""
 
-MQTT_GRACE = 2.0
+MQTT_GRACE = 1.5
 """Seconds the shutdown lets the MQTT publisher flush queued events before disconnecting."""
 
 PROBE_UP = "nodemedic_probe_up"

@@ -525,20 +525,18 @@ async def test_a_full_outbox_sheds_info_events_first_counts_them_and_raises_the_
     assert status.outbox_depth == 100
     assert status.outbox_shed == produced - 100
     assert status.outbox_used_ratio == 1.0
-    store = agent._store
+    store = agent._store  # the outbox's contents are the point here
     assert store is not None
-    queued = store.outbox_batch(after=0, limit=1000)
-    firing = [
-        e
-        for e in agent.events(type="io.nodemedic.condition.firing", since=0, limit=1000)
-        if e.subject == "event-outbox-full"
-    ]
-    assert firing, "the outbox-full condition fired"
-    # The critical event survives every later shed; the info events left are the newest.
-    assert firing[0].sequence in {row.sequence for row in queued}
-    info = [row.sequence for row in queued if row.sequence != firing[0].sequence]
-    assert info == list(range(produced - len(info) + 1, produced + 1)) or info == sorted(info)
-    assert max(info) == produced or produced in {row.sequence for row in queued}
+    queued = [row.sequence for row in store.outbox_batch(after=0, limit=1000)]
+    history = agent.events(type=None, since=0, limit=1000)
+    assert [e.sequence for e in history] == list(range(1, produced + 1))
+    critical = [e.sequence for e in history if e.data.get("severity") == "critical"]
+    assert critical, "the outbox-full condition fired"
+    assert history[critical[0] - 1].subject == "event-outbox-full"
+    # The shed policy: every critical event stays; of the info events the newest stay.
+    others = [e.sequence for e in history if e.sequence not in critical]
+    assert queued == sorted(critical + others[-(100 - len(critical)) :])
+    assert status.outbox_shed == len(others) - (100 - len(critical))
 
 
 # --- refused credentials and certificates --------------------------------------------
