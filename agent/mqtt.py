@@ -221,6 +221,7 @@ class MqttPublisher:
         self._reason: str | None = None
         self._session: str | None = None
         self._attempts = 0
+        self._connected_at: float | None = None
         self._publishes: Counter[str] = Counter()
         self._failures: Counter[str] = Counter()
         self._v5 = config.protocol == "5"
@@ -305,6 +306,12 @@ class MqttPublisher:
                 self._set_state(state, failure.reason)
             except _LinkLostError as lost:
                 round_failures.clear()
+                # Only a connection that held for a while restarts the backoff: a broker
+                # that accepts and then drops us (or a second agent with our client id
+                # taking the session over) must not be reconnected to in a tight loop.
+                held = asyncio.get_running_loop().time() - (self._connected_at or 0.0)
+                if held >= self._config.reconnect_max.total_seconds():
+                    self._backoff.reset()
                 self._set_state(
                     MqttLinkState.DISCONNECTED, f"lost the connection to {broker}: {lost}"
                 )
@@ -337,7 +344,7 @@ class MqttPublisher:
             async with client:
                 connected = True
                 self._session = session
-                self._backoff.reset()
+                self._connected_at = asyncio.get_running_loop().time()
                 await client.publish(
                     self._topics.status,
                     _status_payload("online", session, self._version),
@@ -520,7 +527,9 @@ class MqttPublisher:
         if state is MqttLinkState.CONNECTED:
             log.info("MQTT: connected to %s (session %s)", self._broker, self._session)
         elif state is MqttLinkState.MISCONFIGURED:
-            log.error("MQTT: %s; retrying every %s", reason, self._config.auth_retry)
+            log.error(
+                "MQTT: %s; retrying every %gs", reason, self._config.auth_retry.total_seconds()
+            )
         elif state is MqttLinkState.DISCONNECTED and before is not MqttLinkState.DISCONNECTED:
             log.warning("MQTT: %s; events wait in the outbox", reason)
         elif state is MqttLinkState.STOPPED:
