@@ -671,3 +671,33 @@ async def test_events_tail_prints_one_line_per_live_event(
         r"\{.*\"rule\":\"cores-present\"",
         lines[0],
     ), lines[0]
+
+
+# --- failover -------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_it_fails_over_to_the_next_broker_of_the_list(
+    mosquitto: MosquittoBroker, agent_factory: Callable[..., AgentProcess]
+) -> None:
+    from tests.conftest import free_port
+
+    prefix = f"t{uuid.uuid4().hex[:8]}/v1"
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    agent = agent_factory(
+        {
+            "node": {"name": "node-h"},
+            "mqtt": mqtt_settings(mosquitto, prefix, url=[dead, mosquitto.url("anon")]),
+            "probes": quiet_probes("cpu"),
+            "rules": [],
+        }
+    )
+    agent.start()
+    await wait_ready_async(agent)
+    await until(lambda: readyz(agent)[1]["mqtt"]["state"] == "connected", 10, "a connection")
+    _, body = readyz(agent)
+    assert body["mqtt"]["broker"] == mosquitto.url("anon")
+    status = await retained(mosquitto, f"{prefix}/nodes/node-h/status")
+    assert status["state"] == "online"
+    _, metrics = http_get(agent.url + "/metrics")
+    assert 'nodemedic_mqtt_connect_failures_total{reason="network"} 1.0' in metrics
