@@ -272,7 +272,7 @@ def _condition_families(conditions: Sequence[Condition]) -> Iterator[_Family]:
     )
 
 
-_PUBLISH_RESULTS = ("acked", "failed")
+_PUBLISH_RESULTS = ("acked", "failed", "refused")
 _FAILURE_KINDS = ("network", "auth", "tls", "refused")
 
 
@@ -284,8 +284,8 @@ def _mqtt_families(status: MqttStatus) -> Iterator[_Family]:
     )
     publishes = CounterMetricFamily(
         "nodemedic_mqtt_publishes",
-        "Event publishes since start by result: acked (PUBACK received) or failed (will be "
-        "sent again).",
+        "Event publishes since start by result: acked (PUBACK received), failed (will be "
+        "sent again) or refused (the broker's PUBACK said no, e.g. its ACL; kept queued).",
         labels=["result"],
     )
     for result in sorted(set(_PUBLISH_RESULTS) | set(status.publishes)):

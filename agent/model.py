@@ -248,7 +248,7 @@ class MqttStatus:
         reason: why the link is not connected, for humans; None while connected.
         session: the session id of the current connection (in the birth message and will).
         reconnects: connection attempts after the first.
-        publishes: event publishes since start by result (``acked``, ``failed``).
+        publishes: event publishes since start by result (``acked``, ``failed``, ``refused``).
         connect_failures: failed connection attempts since start by kind
             (``network``, ``auth``, ``tls``, ``refused``).
         outbox_depth: events waiting for a PUBACK.

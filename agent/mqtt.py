@@ -152,6 +152,39 @@ class _ConnectFailedError(Exception):
         return self.kind in ("auth", "tls", "refused")
 
 
+class _RefusedError(Exception):
+    """The broker answered a publish with a failure reason code (MQTT 5), e.g. its ACL."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, minus one gap: it treats every PUBACK as success.
+
+    An MQTT 5 broker answers a publish its ACL forbids with a PUBACK carrying "not
+    authorized"; taking that as delivered would drop the event from the outbox. Here a
+    failure reason code leaves the publish unconfirmed and sets :attr:`refused`, which
+    ends the session (see ``_watch_refusals``) so the event stays queued.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused = asyncio.Event()
+        self.refusal: str | None = None
+
+    def _on_publish(
+        self,
+        client: Any,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
+            self.refusal = str(reason_code).lower()
+            self.refused.set()
+            return
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+
 class _LinkLostError(Exception):
     """The connection dropped (or a publish was not acknowledged in time)."""
 
@@ -304,6 +337,10 @@ class MqttPublisher:
                     else MqttLinkState.DISCONNECTED
                 )
                 self._set_state(state, failure.reason)
+            except _RefusedError as refused:
+                self._publishes["refused"] += 1
+                round_failures.append(_ConnectFailedError("refused", str(refused)))
+                self._set_state(MqttLinkState.MISCONFIGURED, str(refused))
             except _LinkLostError as lost:
                 round_failures.clear()
                 # Only a connection that held for a while restarts the backoff: a broker
@@ -345,31 +382,19 @@ class MqttPublisher:
                 connected = True
                 self._session = session
                 self._connected_at = asyncio.get_running_loop().time()
-                await client.publish(
-                    self._topics.status,
-                    _status_payload("online", session, self._version),
-                    qos=1,
-                    retain=True,
-                    timeout=_STATE_TIMEOUT,
-                )
+                await self._publish_state(client, _status_payload("online", session, self._version))
                 self._set_state(MqttLinkState.CONNECTED, None)
                 self._conditions_dirty = True
                 try:
                     await self._serve(client)
                 except _DrainedError:
-                    await client.publish(
-                        self._topics.status,
-                        _status_payload("offline", session, None),
-                        qos=1,
-                        retain=True,
-                        timeout=_STATE_TIMEOUT,
-                    )
+                    await self._publish_state(client, _status_payload("offline", session, None))
         except aiomqtt.MqttError as err:
             if not connected:
                 raise _classify(err, paho_log.last_error, broker) from err
             raise _LinkLostError(str(err)) from err
 
-    async def _client(self, broker: BrokerUrl, session: str, paho_log: _PahoLog) -> aiomqtt.Client:
+    async def _client(self, broker: BrokerUrl, session: str, paho_log: _PahoLog) -> _Client:
         config = self._config
         tls_context: ssl.SSLContext | None = None
         if broker.tls:
@@ -384,7 +409,7 @@ class MqttPublisher:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = int(config.session_expiry.total_seconds())
         password = config.password.get_secret_value() if config.password is not None else None
-        client = aiomqtt.Client(
+        client = _Client(
             broker.host,
             broker.port,
             identifier=self._node,
@@ -413,15 +438,39 @@ class MqttPublisher:
 
     # -- one session -----------------------------------------------------------------
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _publish_state(self, client: _Client, payload: bytes) -> None:
+        """Publish a retained status message, or raise _RefusedError if the broker refuses."""
+        publish = asyncio.ensure_future(
+            client.publish(self._topics.status, payload, qos=1, retain=True, timeout=_STATE_TIMEOUT)
+        )
+        refused = asyncio.ensure_future(client.refused.wait())
+        try:
+            await asyncio.wait({publish, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (publish, refused):
+                future.cancel()
+        if not publish.cancelled() and publish.done():
+            publish.result()
+            return
+        raise self._refused_error(client, self._topics.status)
+
+    def _refused_error(self, client: _Client, topic: str) -> _RefusedError:
+        return _RefusedError(
+            f"broker {self._broker} refused a publish on {topic} ({client.refusal}); check "
+            f"that its ACL lets this node publish to {self._topics.prefix}/nodes/"
+            f"{self._node}/#"
+        )
+
+    async def _serve(self, client: _Client) -> None:
         """Publish until the link drops (_LinkLostError) or a stop drained it (_DrainedError)."""
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch(client), name="mqtt-watch")
+                group.create_task(self._watch_refusals(client), name="mqtt-refusals")
                 group.create_task(self._pump(client, group), name="mqtt-pump")
         except ExceptionGroup as errors:
             # One session ends for one reason; a lost link outranks a finished drain.
-            for kind in (_LinkLostError, _DrainedError):
+            for kind in (_RefusedError, _LinkLostError, _DrainedError):
                 found = errors.subgroup(kind)
                 if found is not None:
                     raise _leaf(found) from None
@@ -435,6 +484,10 @@ class MqttPublisher:
         except aiomqtt.MqttError as err:
             raise _LinkLostError(str(err.__cause__ or err)) from err
         raise _LinkLostError("the connection ended")
+
+    async def _watch_refusals(self, client: _Client) -> None:
+        await client.refused.wait()
+        raise self._refused_error(client, f"{self._topics.prefix}/nodes/{self._node}/...")
 
     async def _pump(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
         window = asyncio.Semaphore(self._window)

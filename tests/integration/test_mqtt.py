@@ -701,3 +701,56 @@ async def test_it_fails_over_to_the_next_broker_of_the_list(
     assert status["state"] == "online"
     _, metrics = http_get(agent.url + "/metrics")
     assert 'nodemedic_mqtt_connect_failures_total{reason="network"} 1.0' in metrics
+
+
+# --- a broker ACL that refuses the node's publishes -----------------------------------
+
+
+class AclBroker(MosquittoBroker):
+    """The test broker with an ACL on its anonymous listener: writes only under ``allowed/``."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        acl = self.workdir / "acl"
+        acl.write_text("topic write allowed/#\ntopic read #\n", encoding="utf-8")
+        text = self.conf_path.read_text(encoding="utf-8")
+        anon = f"listener {self.port_anon} {self.host}\nallow_anonymous true\n"
+        assert anon in text
+        self.conf_path.write_text(text.replace(anon, anon + f"acl_file {acl}\n"), encoding="utf-8")
+
+
+@pytest.mark.asyncio
+async def test_publishes_the_broker_refuses_stay_queued_and_make_the_agent_not_ready(
+    tmp_path: Path, mqtt_pki: Any, agent_factory: Callable[..., AgentProcess]
+) -> None:
+    broker = AclBroker(tmp_path / "acl-broker", mqtt_pki)
+    broker.start()
+    try:
+        agent = agent_factory(
+            {
+                "node": {"name": "node-i"},
+                "mqtt": mqtt_settings(broker, "denied/v1", auth_retry="1s"),
+                "probes": quiet_probes("cpu"),
+                "rules": [CORES_RULE],
+            }
+        )
+        agent.start()
+        deadline = time.monotonic() + 15
+        status, body = 0, dict[str, Any]()
+        while time.monotonic() < deadline:
+            try:
+                status, body = await asyncio.to_thread(readyz, agent)
+            except OSError:
+                status = 0
+            if status == 503 and "refused a publish" in body.get("reason", ""):
+                break
+            await asyncio.sleep(0.2)
+        assert status == 503, body
+        assert "not authorized" in body["reason"]
+        assert "ACL" in body["reason"]
+        assert body["mqtt"]["state"] == "misconfigured"
+        assert body["mqtt"]["outbox"]["depth"] >= 2, "refused events must stay queued"
+        _, metrics = http_get(agent.url + "/metrics")
+        assert 'nodemedic_mqtt_publishes_total{result="acked"} 0.0' in metrics
+    finally:
+        broker.kill()
