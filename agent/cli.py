@@ -186,7 +186,8 @@ def _tail(
 async def _tail_events(
     settings: AgentSettings, *, node: str | None, event_type: str | None, count: int | None
 ) -> int:
-    from agent.mqtt import format_event_line, tail_events
+    from agent.mqtt import tail_events
+    from agent.topics import format_event_line
 
     seen = 0
     events = tail_events(settings.mqtt, node=node, event_type=event_type)

@@ -19,6 +19,7 @@ handshake is a misconfiguration, reported as such and retried at the slow
 
 from __future__ import annotations
 
+# Backoff, Topics and format_event_line live in modules without aiomqtt; re-exported here.
 __all__ = [
     "Backoff",
     "EventOutbox",
@@ -37,7 +38,6 @@ import secrets
 import ssl
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import aiomqtt
@@ -47,10 +47,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.backoff import Backoff
 from agent.broker_url import BrokerUrl
 from agent.config import MqttConfig
 from agent.model import Condition, MqttLinkState, MqttStatus
 from agent.store_outbox import OutboxEntry
+from agent.topics import Topics, format_event_line
 
 log = logging.getLogger(__name__)
 
@@ -74,69 +76,6 @@ class EventOutbox(Protocol):
     def outbox_ack(self, sequences: Iterable[int]) -> int:
         """Remove acknowledged events."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """The topics of one node under a prefix (see the topic table in the README)."""
-
-    prefix: str
-    node: str
-
-    @property
-    def status(self) -> str:
-        """Retained online/offline status with the session id."""
-        return f"{self.prefix}/nodes/{self.node}/status"
-
-    @property
-    def conditions(self) -> str:
-        """Retained snapshot of the node's conditions."""
-        return f"{self.prefix}/nodes/{self.node}/conditions"
-
-    def event(self, event_type: str) -> str:
-        """Where events of ``event_type`` are published."""
-        # Event types are ours, but a topic level must never carry a wildcard or a '/'.
-        safe = event_type.replace("/", "_").replace("+", "_").replace("#", "_")
-        return f"{self.prefix}/nodes/{self.node}/events/{safe}"
-
-    @staticmethod
-    def event_filter(prefix: str, node: str | None, event_type: str | None) -> str:
-        """A subscription filter for the events of one node (or all) and one type (or all)."""
-        return f"{prefix}/nodes/{node or '+'}/events/{event_type or '#'}"
-
-
-class Backoff:
-    """Capped exponential backoff with "equal jitter".
-
-    The n-th delay is drawn from ``[cap/2, cap]`` where ``cap = min(maximum, initial * 2**n)``.
-    Unlike full jitter (``[0, cap]``), a retry is never almost immediate, so a fleet that
-    lost its broker at once spreads out without any node hammering it.
-    """
-
-    def __init__(
-        self, *, initial: float, maximum: float, rng: Callable[[], float] = random.random
-    ) -> None:
-        """Start at attempt 0.
-
-        Raises:
-            ValueError: if ``initial`` is not positive or ``maximum`` is below it.
-        """
-        if not 0 < initial <= maximum:
-            raise ValueError(f"need 0 < initial <= maximum, got {initial} and {maximum}")
-        self._initial = initial
-        self._maximum = maximum
-        self._rng = rng
-        self._attempt = 0
-
-    def next(self) -> float:
-        """The delay before the next attempt, in seconds; each call doubles the cap."""
-        cap = min(self._maximum, self._initial * float(2 ** min(self._attempt, 62)))
-        self._attempt += 1
-        return cap / 2 + self._rng() * cap / 2
-
-    def reset(self) -> None:
-        """Start again from ``initial`` (after a connection that worked)."""
-        self._attempt = 0
 
 
 class _ConnectFailedError(Exception):
@@ -712,15 +651,3 @@ async def tail_events(
         except aiomqtt.MqttError as err:
             failures.append(_classify(err, paho_log.last_error, broker).reason)
     raise ConnectionError("; ".join(failures) or "no broker configured")
-
-
-def format_event_line(event: dict[str, Any], *, width: int = 80) -> str:
-    """One line per event: time, node, sequence, type, subject and a short data summary."""
-    source = str(event.get("source", ""))
-    node = source.removeprefix("nodemedic://")
-    data = json.dumps(event.get("data", {}), separators=(",", ":"), default=str)
-    if len(data) > width:
-        data = data[: width - 3] + "..."
-    sequence = event.get("sequence", "?")
-    subject = event.get("subject") or "-"
-    return f"{event.get('time', '?')} {node} #{sequence} {event.get('type', '?')} {subject} {data}"

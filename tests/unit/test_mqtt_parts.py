@@ -12,10 +12,12 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.backoff import Backoff
 from agent.broker_url import BrokerUrl, parse_broker_url
 from agent.config import load_settings
 from agent.errors import ConfigError
-from agent.mqtt import Backoff, Topics, _classify, format_event_line
+from agent.mqtt import _classify
+from agent.topics import Topics, format_event_line
 
 BROKER = BrokerUrl("mqtt", "broker", 1883)
 
