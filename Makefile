@@ -7,15 +7,22 @@ BIN := $(VENV)/bin
 CONFIG ?= config/nodemedic.yaml
 # Debian packages: building systemd-python needs the first four; the tests need the rest.
 APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
-APT_TEST := e2fsprogs mount util-linux
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients
+# Debian's mosquitto package starts a system broker on port 1883 from its postinst on a
+# machine whose policy allows it. The tests never use it (tests/brokers.py runs its own
+# brokers on ephemeral loopback ports), so while installing it we deny service starts with
+# a temporary /usr/sbin/policy-rc.d ("exit 101", see invoke-rc.d(8)) unless one already
+# exists, and stop the system broker if it got started anyway: CI leaves no stray daemon.
+POLICY_RC := /usr/sbin/policy-rc.d
 export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 
-.PHONY: help run test check lint typecheck pytest bench venv clean
+.PHONY: help run test check lint typecheck pytest bench bench-mqtt venv clean apt-test
 
 help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
 	@echo "make test   - install test dependencies and run lint, types and the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
 
 $(BIN)/.installed: pyproject.toml
 	@scripts/ensure-apt $(APT_BUILD)
@@ -36,8 +43,27 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
-	@scripts/ensure-apt $(APT_TEST)
+apt-test:
+	@set -euo pipefail; \
+	if dpkg-query -W -f='$${Status}' mosquitto 2>/dev/null | grep -q "install ok installed" \
+	    || [ "$$(id -u)" -ne 0 ]; then \
+	    scripts/ensure-apt $(APT_TEST); exit 0; \
+	fi; \
+	made_policy=; \
+	if [ ! -e $(POLICY_RC) ]; then \
+	    printf '#!/bin/sh\n# nodemedic make: no service starts while installing test packages\nexit 101\n' \
+	        > $(POLICY_RC); \
+	    chmod 755 $(POLICY_RC); made_policy=1; \
+	fi; \
+	trap '[ -z "$$made_policy" ] || rm -f $(POLICY_RC)' EXIT; \
+	scripts/ensure-apt $(APT_TEST); \
+	pidfile=/run/mosquitto/mosquitto.pid; \
+	if [ -s $$pidfile ] && kill -0 "$$(cat $$pidfile)" 2>/dev/null; then \
+	    echo "make: stopping the system mosquitto that the package started" >&2; \
+	    /etc/init.d/mosquitto stop >/dev/null 2>&1 || kill "$$(cat $$pidfile)"; \
+	fi
+
+pytest: venv apt-test
 	@scripts/ensure-promtool
 	$(BIN)/pytest
 
@@ -45,8 +71,12 @@ check: lint typecheck
 
 test: lint typecheck pytest
 
-bench: venv
+bench: venv bench-mqtt
 	$(BIN)/python -m bench.agent_overhead
+
+# MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
+bench-mqtt: venv apt-test
+	$(BIN)/python -m bench.mqtt_throughput
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache state

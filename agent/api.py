@@ -169,9 +169,12 @@ class _Routes:
     async def readyz(self, request: web.Request) -> web.Response:
         """Readiness: 200 once the agent is ready, else 503 with what is missing."""
         ready, reason = self._view.readiness()
-        if ready:
-            return _json({"ready": True})
-        return _json({"ready": False, "reason": reason}, status=503)
+        body: dict[str, Any] = {"ready": ready} if ready else {"ready": False, "reason": reason}
+        mqtt = self._view.mqtt_status()
+        if mqtt is not None:
+            # Ready but degraded when the broker is unreachable: events wait in the outbox.
+            body["mqtt"] = mqtt.to_json()
+        return _json(body, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition, gzip-compressed when the scraper accepts it."""

@@ -1,4 +1,4 @@
-"""The ``nodemedic`` command: run, check, validate."""
+"""The ``nodemedic`` command: run, check, validate, events tail."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ __all__ = ["EX_CONFIG", "EX_SOFTWARE", "main"]
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -31,6 +32,8 @@ EX_SOFTWARE = 70
 """sysexits.h EX_SOFTWARE: the agent failed at run time."""
 EX_CANTCREAT = 73
 """sysexits.h EX_CANTCREAT: the state directory or database cannot be used."""
+EX_UNAVAILABLE = 69
+"""sysexits.h EX_UNAVAILABLE: no broker accepted the connection."""
 
 DEFAULT_CONFIG = Path("/etc/nodemedic/nodemedic.yaml")
 
@@ -59,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "check":
         return asyncio.run(_check(settings))
+    if command == "events":
+        return _tail(settings, node=args.node, event_type=args.type, count=args.count)
     return _run(settings)
 
 
@@ -78,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", "-c", type=Path, help=help_config)
+    events = sub.add_parser("events", help="follow events on the MQTT broker")
+    events_sub = events.add_subparsers(dest="events_command", required=True, metavar="COMMAND")
+    text = "subscribe to live events on the broker of mqtt.url and print one line per event"
+    tail = events_sub.add_parser("tail", help=text, description=text)
+    tail.add_argument("--config", "-c", type=Path, help=help_config)
+    tail.add_argument("--node", "-n", help="only this node's events (default: every node)")
+    tail.add_argument(
+        "--type", "-t", help="only this event type, or a prefix such as io.nodemedic.condition.*"
+    )
+    tail.add_argument("--count", type=int, help="exit after this many events")
     return parser
 
 
@@ -145,6 +160,44 @@ def _exit_past_hung_threads(code: int) -> None:
             logging.shutdown()
             sys.stdout.flush()
             os._exit(code)
+
+
+# -- events tail ---------------------------------------------------------------------
+
+
+def _tail(
+    settings: AgentSettings, *, node: str | None, event_type: str | None, count: int | None
+) -> int:
+    if not settings.mqtt.enabled:
+        print(
+            "nodemedic: mqtt.url is not set in the configuration; nothing to tail", file=sys.stderr
+        )
+        return EX_CONFIG
+    configure_logging(LogConfig(level="warning", format="text"))
+    try:
+        return asyncio.run(_tail_events(settings, node=node, event_type=event_type, count=count))
+    except KeyboardInterrupt:
+        return 0
+    except ConnectionError as err:
+        print(f"nodemedic: cannot subscribe: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
+
+
+async def _tail_events(
+    settings: AgentSettings, *, node: str | None, event_type: str | None, count: int | None
+) -> int:
+    from agent.mqtt import tail_events
+    from agent.topics import format_event_line
+
+    seen = 0
+    events = tail_events(settings.mqtt, node=node, event_type=event_type)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            print(format_event_line(event), flush=True)
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    return 0
 
 
 # -- check ---------------------------------------------------------------------------

@@ -17,6 +17,9 @@ __all__ = [
     "Duration",
     "HistoryConfig",
     "LogConfig",
+    "MqttConfig",
+    "MqttOutboxConfig",
+    "MqttTlsConfig",
     "NodeConfig",
     "ProbeConfig",
     "ProbesConfig",
@@ -39,9 +42,11 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     PlainSerializer,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -54,6 +59,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from agent.broker_url import BrokerUrl, parse_broker_url
 from agent.errors import ConfigError, ConfigIssue
 from agent.model import Severity
 from agent.probes.catalog import CATALOG, PROBE_NAMES
@@ -292,6 +298,131 @@ class ProbesConfig(_Frozen):
         return [name for name, cfg in self.items() if cfg.enabled]
 
 
+def _one_or_many(value: object) -> object:
+    # `url: mqtt://a:1883` and `url: [mqtt://a:1883, mqtts://b:8883]` are both natural.
+    return (value,) if isinstance(value, str) else value
+
+
+def _protocol_text(value: object) -> object:
+    # YAML reads `protocol: 5` as an int and `protocol: 3.1.1` as a string.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+class MqttTlsConfig(_Frozen):
+    """TLS for ``mqtts://`` brokers: the CA to trust and the client certificate to present."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set without cert_file; give both or neither")
+        return self
+
+
+class MqttOutboxConfig(_Frozen):
+    """Bounds of the SQLite outbox that holds events until the broker acknowledges them.
+
+    When either bound is exceeded the outbox sheds events: lowest severity first, then
+    oldest (see the README).
+    """
+
+    max_events: int = Field(default=100_000, ge=10, le=10_000_000)
+    max_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024), ge=64 * 1024)
+
+
+class MqttConfig(_Frozen):
+    """Publishing events and state to an MQTT broker; without ``url`` the agent is local-only."""
+
+    url: Annotated[str | tuple[str, ...], BeforeValidator(_one_or_many)] = ()
+    topic_prefix: str = "nodemedic/v1"
+    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol_text)] = "5"
+    username: str | None = Field(default=None, min_length=1)
+    password: SecretStr | None = None
+    tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig)
+    keepalive: Duration = timedelta(seconds=30)
+    session_expiry: Duration = timedelta(hours=1)
+    connect_timeout: Duration = timedelta(seconds=10)
+    inflight: int = Field(default=20, ge=1, le=65535)
+    reconnect_min: Duration = timedelta(milliseconds=500)
+    reconnect_max: Duration = timedelta(seconds=60)
+    auth_retry: Duration = timedelta(seconds=60)
+    outbox: MqttOutboxConfig = Field(default_factory=MqttOutboxConfig)
+
+    @field_validator("url")
+    @classmethod
+    def _urls(cls, value: str | tuple[str, ...]) -> tuple[str, ...]:
+        urls = (value,) if isinstance(value, str) else value
+        for url in urls:
+            parse_broker_url(url)
+        return urls
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or value.endswith("/") or "//" in value:
+            raise ValueError(
+                f"topic_prefix {value!r} must be non-empty levels joined by '/', without a"
+                " leading or trailing '/', e.g. nodemedic/v1"
+            )
+        if any(ch in value for ch in "+#\0"):
+            raise ValueError(f"topic_prefix {value!r} must not contain '+', '#' or NUL")
+        return value
+
+    @field_validator("keepalive")
+    @classmethod
+    def _keepalive(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(seconds=65535):
+            raise ValueError("keepalive must be between 1s and 65535s (MQTT's limit)")
+        return value
+
+    @field_validator("session_expiry")
+    @classmethod
+    def _session_expiry(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) <= value <= timedelta(seconds=0xFFFFFFFE):
+            raise ValueError("session_expiry must be between 0s and 136y (MQTT's limit)")
+        return value
+
+    @field_validator("connect_timeout", "reconnect_min", "reconnect_max", "auth_retry")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(milliseconds=10):
+            raise ValueError("must be at least 10ms")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set without username; set mqtt.username too")
+        if self.reconnect_max < self.reconnect_min:
+            raise ValueError(
+                "reconnect_max must not be below reconnect_min "
+                f"({_format_duration(self.reconnect_max)} < {_format_duration(self.reconnect_min)})"
+            )
+        tls_files = (self.tls.ca_file, self.tls.cert_file)
+        if any(path is not None for path in tls_files) and not any(
+            broker.tls for broker in self.brokers
+        ):
+            raise ValueError(
+                "tls files are set but no url uses mqtts://; use mqtts://HOST:PORT or drop mqtt.tls"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one broker URL is configured."""
+        return bool(self.url)
+
+    @property
+    def brokers(self) -> tuple[BrokerUrl, ...]:
+        """The broker URLs, parsed, in failover order."""
+        urls = (self.url,) if isinstance(self.url, str) else self.url
+        return tuple(parse_broker_url(url) for url in urls)
+
+
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 
 
@@ -375,6 +506,7 @@ class AgentSettings(BaseSettings):
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     conditions: ConditionsConfig = Field(default_factory=ConditionsConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
     rules: tuple[RuleConfig, ...] = Field(default_factory=lambda: tuple(_default_rules()))
 
     @field_validator("rules")
@@ -491,6 +623,10 @@ def load_settings(path: Path | None, *, environ: Mapping[str, str] | None = None
         _config_data.reset(token)
 
 
+_NO_ECHO = frozenset({"mqtt.url", "mqtt.password", "mqtt.username"})
+"""Fields whose bad values are not repeated in errors: they may hold a secret."""
+
+
 def _issue(error: Any, data: Mapping[str, Any], source: str, env: Mapping[str, str]) -> ConfigIssue:
     loc: Sequence[str | int] = error["loc"]
     path = _dotted(loc)
@@ -513,7 +649,8 @@ def _issue(error: Any, data: Mapping[str, Any], source: str, env: Mapping[str, s
         message = "required field is missing"
     elif (
         "input" in error
-        and not isinstance(error["input"], dict | list)
+        and path not in _NO_ECHO
+        and not isinstance(error["input"], dict | list | tuple)
         and repr(error["input"]) not in message
     ):
         message = f"{message} (got {error['input']!r})"

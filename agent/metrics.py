@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent import __version__
-from agent.model import Condition, ConditionState, LabelSet, ProbeStatus, Sample
+from agent.model import Condition, ConditionState, LabelSet, MqttStatus, ProbeStatus, Sample
 from agent.probes.catalog import CATALOG, MetricKind, MetricSpec
 from agent.view import AgentView
 
@@ -40,6 +40,14 @@ AGENT_METRIC_NAMES: frozenset[str] = frozenset(
         "nodemedic_event_loop_lag_seconds",
         "nodemedic_build_info",
         "nodemedic_agent_ready",
+        "nodemedic_mqtt_connected",
+        "nodemedic_mqtt_publishes_total",
+        "nodemedic_mqtt_reconnects_total",
+        "nodemedic_mqtt_connect_failures_total",
+        "nodemedic_mqtt_outbox_events",
+        "nodemedic_mqtt_outbox_bytes",
+        "nodemedic_mqtt_outbox_oldest_age_seconds",
+        "nodemedic_mqtt_outbox_shed_events_total",
     }
 )
 """Exposed names of the series the collector derives from agent state, not from samples."""
@@ -128,6 +136,9 @@ class AgentCollector:
             "1 when the agent is ready (GET /readyz answers 200), else 0.",
             value=1.0 if ready else 0.0,
         )
+        mqtt = view.mqtt_status()
+        if mqtt is not None:
+            yield from _mqtt_families(mqtt)
 
     def _sample_families(
         self, samples: Iterable[Sample], probe_up: dict[str, float]
@@ -258,4 +269,60 @@ def _condition_families(conditions: Sequence[Condition]) -> Iterator[_Family]:
     yield by_state
     yield GaugeMetricFamily(
         "nodemedic_conditions_firing", "Conditions currently firing, all rules.", value=firing
+    )
+
+
+_PUBLISH_RESULTS = ("acked", "failed", "refused")
+_FAILURE_KINDS = ("network", "auth", "tls", "refused")
+
+
+def _mqtt_families(status: MqttStatus) -> Iterator[_Family]:
+    yield GaugeMetricFamily(
+        "nodemedic_mqtt_connected",
+        "1 while connected to an MQTT broker, else 0.",
+        value=1.0 if status.connected else 0.0,
+    )
+    publishes = CounterMetricFamily(
+        "nodemedic_mqtt_publishes",
+        "Event publishes since start by result: acked (PUBACK received), failed (will be "
+        "sent again) or refused (the broker's PUBACK said no, e.g. its ACL; kept queued).",
+        labels=["result"],
+    )
+    for result in sorted(set(_PUBLISH_RESULTS) | set(status.publishes)):
+        publishes.add_metric([result], status.publishes.get(result, 0))
+    yield publishes
+    yield CounterMetricFamily(
+        "nodemedic_mqtt_reconnects",
+        "Connection attempts to the broker after the first, since start.",
+        value=status.reconnects,
+    )
+    failures = CounterMetricFamily(
+        "nodemedic_mqtt_connect_failures",
+        "Failed connection attempts since start by reason: network, auth (credentials "
+        "refused), tls (handshake failed) or refused (other CONNACK refusals).",
+        labels=["reason"],
+    )
+    for kind in sorted(set(_FAILURE_KINDS) | set(status.connect_failures)):
+        failures.add_metric([kind], status.connect_failures.get(kind, 0))
+    yield failures
+    yield GaugeMetricFamily(
+        "nodemedic_mqtt_outbox_events",
+        "Events in the outbox waiting for the broker's acknowledgement.",
+        value=status.outbox_depth,
+    )
+    yield GaugeMetricFamily(
+        "nodemedic_mqtt_outbox_bytes",
+        "Payload bytes of the events in the outbox.",
+        value=status.outbox_bytes,
+    )
+    yield GaugeMetricFamily(
+        "nodemedic_mqtt_outbox_oldest_age_seconds",
+        "How long the oldest event in the outbox has waited (0 when empty).",
+        value=status.outbox_oldest_age or 0.0,
+    )
+    yield CounterMetricFamily(
+        "nodemedic_mqtt_outbox_shed_events",
+        "Events shed because the outbox was full (lowest severity first, then oldest), "
+        "since the state database was created.",
+        value=status.outbox_shed,
     )

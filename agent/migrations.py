@@ -11,7 +11,14 @@ them into :class:`~agent.errors.StoreError` naming the file and what to do.
 
 from __future__ import annotations
 
-__all__ = ["LAST_SEQUENCE_KEY", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate"]
+__all__ = [
+    "LAST_SEQUENCE_KEY",
+    "MIGRATIONS",
+    "OUTBOX_SHED_KEY",
+    "SCHEMA_VERSION",
+    "Migration",
+    "migrate",
+]
 
 import logging
 import sqlite3
@@ -27,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 LAST_SEQUENCE_KEY: Final = "last_sequence"
 """The ``meta`` row holding the sequence of the newest event ever appended."""
+OUTBOX_SHED_KEY: Final = "outbox_shed_total"
+"""The ``meta`` row counting events the outbox has shed since the database was created."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +81,25 @@ def _m1_events_and_conditions(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m2_outbox(conn: sqlite3.Connection) -> None:
+    # A copy of each event's CloudEvent JSON, not a reference into `events`: the history is
+    # trimmed by count while the outbox must keep what the broker has not acknowledged.
+    conn.execute(
+        "CREATE TABLE outbox ("
+        " sequence INTEGER PRIMARY KEY,"
+        " severity INTEGER NOT NULL,"
+        " type TEXT NOT NULL,"
+        " time REAL NOT NULL,"
+        " payload BLOB NOT NULL)"
+    )
+    # The shed order: lowest severity first, then oldest.
+    conn.execute("CREATE INDEX outbox_by_severity ON outbox (severity, sequence)")
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, 0)", (OUTBOX_SHED_KEY,))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("event history, sequence counter and conditions", _m1_events_and_conditions),
+    Migration("MQTT outbox and its shed counter", _m2_outbox),
 )
 """Every migration, oldest first; append only."""
 

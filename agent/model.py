@@ -9,6 +9,8 @@ __all__ = [
     "ConditionState",
     "Event",
     "LabelSet",
+    "MqttLinkState",
+    "MqttStatus",
     "ProbeStatus",
     "Sample",
     "Severity",
@@ -221,4 +223,71 @@ class ProbeStatus:
             "runs": self.runs,
             "failures": self.failures,
             "samples": self.samples,
+        }
+
+
+class MqttLinkState(enum.StrEnum):
+    """Where the agent's link to the MQTT broker stands."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    """The broker cannot be reached; retrying with backoff, events wait in the outbox."""
+    MISCONFIGURED = "misconfigured"
+    """The broker refused the credentials or the TLS handshake failed; retrying slowly."""
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttStatus:
+    """The MQTT link and its outbox, for /readyz and /metrics.
+
+    Attributes:
+        state: the link's state.
+        broker: the broker connected to or last tried.
+        reason: why the link is not connected, for humans; None while connected.
+        session: the session id of the current connection (in the birth message and will).
+        reconnects: connection attempts after the first.
+        publishes: event publishes since start by result (``acked``, ``failed``, ``refused``).
+        connect_failures: failed connection attempts since start by kind
+            (``network``, ``auth``, ``tls``, ``refused``).
+        outbox_depth: events waiting for a PUBACK.
+        outbox_bytes: their payload bytes.
+        outbox_oldest_age: seconds the oldest waiting event has waited, None when empty.
+        outbox_shed: events shed because the outbox was full (since the store was created).
+        outbox_used_ratio: the fuller of count and bytes over their bounds.
+    """
+
+    state: MqttLinkState
+    broker: str | None = None
+    reason: str | None = None
+    session: str | None = None
+    reconnects: int = 0
+    publishes: Mapping[str, int] = field(default_factory=dict)
+    connect_failures: Mapping[str, int] = field(default_factory=dict)
+    outbox_depth: int = 0
+    outbox_bytes: int = 0
+    outbox_oldest_age: float | None = None
+    outbox_shed: int = 0
+    outbox_used_ratio: float = 0.0
+
+    @property
+    def connected(self) -> bool:
+        """True while connected to a broker."""
+        return self.state is MqttLinkState.CONNECTED
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as ``GET /readyz`` shows it."""
+        return {
+            "state": self.state.value,
+            "broker": self.broker,
+            "reason": self.reason,
+            "session": self.session,
+            "outbox": {
+                "depth": self.outbox_depth,
+                "bytes": self.outbox_bytes,
+                "oldest_age_seconds": self.outbox_oldest_age,
+                "shed": self.outbox_shed,
+                "used_ratio": self.outbox_used_ratio,
+            },
         }

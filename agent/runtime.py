@@ -3,8 +3,12 @@
 Shape (after hypercorn): every long-lived activity is a named task in one
 ``asyncio.TaskGroup``; a stop request raises :class:`_StopRequestedError` inside the
 group, which cancels the siblings; then the shutdown runs in a fixed order with a
-bounded grace: stop intake (probes), persist condition state, stop the API, close
-the bus and the store.
+bounded grace: stop intake (probes), persist condition state, let the MQTT publisher
+flush what is in flight and say offline, stop the API, close the bus and the store.
+
+With ``mqtt.url`` set, every event is queued in the store's outbox in the transaction
+that records it (:meth:`Agent._emit`) and the publisher (:mod:`agent.mqtt`, a task of
+its own so it can outlive the probes during the shutdown) is woken to send it.
 """
 
 from __future__ import annotations
@@ -19,28 +23,44 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.api import ApiServer
 from agent.bus import EventBus
 from agent.config import AgentSettings
 from agent.errors import ProbeError, StoreCorruptError, StoreError
-from agent.model import Condition, ConditionState, Event, ProbeStatus, Sample
+from agent.model import (
+    Condition,
+    ConditionState,
+    Event,
+    MqttLinkState,
+    MqttStatus,
+    ProbeStatus,
+    Sample,
+)
 from agent.notify import Notifier, SystemdNotifier, watchdog_interval
 from agent.probes import build_probes
 from agent.probes.base import Probe
 from agent.probes.catalog import metrics_of
 from agent.rules import ConditionTracker, Transition
-from agent.store import Store
+from agent.store import OutboxLimits, Store
+
+if TYPE_CHECKING:
+    from agent.mqtt import MqttPublisher
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 3.0
 """Seconds the shutdown may spend on in-flight work before it is cancelled."""
 
+MQTT_GRACE = 1.5
+"""Seconds the shutdown lets the MQTT publisher flush queued events before disconnecting."""
+
 PROBE_UP = "nodemedic_probe_up"
+OUTBOX_USED = "nodemedic_mqtt_outbox_used_ratio"
 _LAG_PERIOD = 0.5
+_AGENT_SAMPLE_PERIOD = 1.0
 
 
 class _StopRequestedError(Exception):
@@ -79,6 +99,8 @@ class Agent:
         self._lag = 0.0
         self._last_status_line = ""
         self.source = f"nodemedic://{settings.node.name}"
+        self._outbox = settings.mqtt.enabled
+        self._mqtt: MqttPublisher | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -95,6 +117,7 @@ class Agent:
         """Run until :meth:`request_stop`; raises StoreError when the state cannot be opened."""
         self._open_state()
         try:
+            self._start_mqtt()
             await self._start_api()
             self._emit(
                 "io.nodemedic.agent.started",
@@ -121,6 +144,8 @@ class Agent:
                     group.create_task(self._measure_lag(), name="loop-lag")
                     group.create_task(self._watchdog(), name="watchdog")
                     group.create_task(self._wait_for_stop(), name="stop")
+                    if self._outbox:
+                        group.create_task(self._agent_samples(), name="agent-samples")
                     self._check_ready()  # with no probe enabled there is nothing to wait for
             except* _StopRequestedError:
                 pass
@@ -130,14 +155,16 @@ class Agent:
     def _open_state(self) -> None:
         path = Path(self.settings.state_dir) / "nodemedic.db"
         max_events = self.settings.history.max_events
+        bounds = self.settings.mqtt.outbox
+        limits = OutboxLimits(max_events=bounds.max_events, max_bytes=int(bounds.max_bytes))
         try:
-            self._store = Store.open(path, max_events=max_events)
+            self._store = Store.open(path, max_events=max_events, outbox_limits=limits)
         except StoreCorruptError as err:
             # Refusing to start would only crash-loop under systemd and watch nothing; the
             # damaged file is kept beside for a post-mortem, and the reset is an event.
             moved = _move_aside(path, self._clock())
             log.error("%s; moved it to %s and started an empty store", err, moved)
-            self._store = Store.open(path, max_events=max_events)
+            self._store = Store.open(path, max_events=max_events, outbox_limits=limits)
             self._emit(
                 "io.nodemedic.store.reset",
                 subject=str(path),
@@ -154,6 +181,20 @@ class Agent:
             firing = sum(1 for c in restored if c.state is ConditionState.FIRING)
             log.info("restored %d conditions (%d firing)", len(restored), firing)
         self._apply(self._tracker.retire_removed(self._clock()))
+
+    def _start_mqtt(self) -> None:
+        if not self._outbox or self._store is None:
+            return
+        from agent.mqtt import MqttPublisher  # aiomqtt only when publishing is configured
+
+        self._mqtt = MqttPublisher(
+            self.settings.mqtt,
+            node=self.settings.node.name,
+            version=__version__,
+            outbox=self._store,
+            conditions=self.conditions,
+        )
+        self._mqtt.start()
 
     async def _start_api(self) -> None:
         api = self.settings.api
@@ -173,6 +214,8 @@ class Agent:
             if self._store is not None and self._tracker is not None:
                 self._emit("io.nodemedic.agent.stopping", subject=self.settings.node.name, data={})
                 self._save_conditions()
+            if self._mqtt is not None:
+                await self._mqtt.aclose(grace=MQTT_GRACE)
             if self._api is not None:
                 try:
                     await asyncio.wait_for(self._api.stop(), timeout=SHUTDOWN_GRACE)
@@ -275,6 +318,8 @@ class Agent:
         if changed:
             self._save_conditions()
             self._update_status_line()
+            if self._mqtt is not None:
+                self._mqtt.notify_conditions()
 
     def _save_conditions(self) -> None:
         if self._store is None or self._tracker is None:
@@ -290,7 +335,12 @@ class Agent:
             return
         try:
             event = store.append_event(
-                source=self.source, type=type_, subject=subject, data=data, time=self._clock()
+                source=self.source,
+                type=type_,
+                subject=subject,
+                data=data,
+                time=self._clock(),
+                outbox=self._outbox,
             )
         except StoreError as err:
             log.error("cannot record event %s: %s", type_, err)
@@ -298,6 +348,24 @@ class Agent:
             return
         self._event_counts[type_] += 1
         self._bus.publish(event)
+        if self._mqtt is not None:
+            self._mqtt.notify_events()
+
+    async def _agent_samples(self) -> None:
+        """Feed the agent's own series (the outbox's fullness) to the rules, periodically."""
+        while True:
+            store = self._store
+            if store is not None:
+                try:
+                    ratio = store.outbox_stats().used_ratio
+                except StoreError as err:
+                    log.error("cannot read the outbox figures: %s", err)
+                else:
+                    samples = [Sample.of(OUTBOX_USED, ratio)]
+                    self._latest["agent"] = samples
+                    now = self._clock()
+                    self._apply(self._require_tracker().observe({OUTBOX_USED}, samples, now))
+            await asyncio.sleep(_AGENT_SAMPLE_PERIOD)
 
     # -- readiness, watchdog, lag ----------------------------------------------------
 
@@ -367,7 +435,15 @@ class Agent:
         return self.settings.node.name
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once every enabled probe has run once and the API listens."""
+        """Ready once every probe has run once and the API listens, unless MQTT is misconfigured.
+
+        A broker refusing the credentials or the TLS handshake is a configuration to fix,
+        so the agent is not ready; a broker that is merely unreachable leaves it ready
+        (events wait in the outbox) and /readyz shows the reason under ``mqtt``.
+        """
+        status = self._mqtt.status() if self._mqtt is not None else None
+        if status is not None and status.state is MqttLinkState.MISCONFIGURED:
+            return False, f"mqtt: {status.reason}"
         if self._ready.is_set():
             return True, "ready"
         waiting = sorted(name for name, status in self._status.items() if status.runs == 0)
@@ -391,6 +467,28 @@ class Agent:
         if self._store is None:
             return []
         return self._store.events(type=type, since=since, limit=limit)
+
+    def mqtt_status(self) -> MqttStatus | None:
+        """The MQTT link and its outbox; None when publishing is not configured."""
+        if self._mqtt is None:
+            return None
+        status = self._mqtt.status()
+        if self._store is None:
+            return status
+        try:
+            stats = self._store.outbox_stats()
+        except StoreError as err:
+            log.debug("cannot read the outbox figures: %s", err)
+            return status
+        age = None if stats.oldest_time is None else max(0.0, self._clock() - stats.oldest_time)
+        return replace(
+            status,
+            outbox_depth=stats.depth,
+            outbox_bytes=stats.bytes,
+            outbox_oldest_age=age,
+            outbox_shed=stats.shed_total,
+            outbox_used_ratio=stats.used_ratio,
+        )
 
     def event_counts(self) -> Mapping[str, int]:
         """Events emitted since start, by type."""

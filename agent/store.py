@@ -1,4 +1,4 @@
-"""The one SQLite database: event history and condition state, with a versioned schema.
+"""The one SQLite database: event history, the MQTT outbox and condition state.
 
 Threading: a :class:`Store` holds a single connection that must only be used from the
 thread that opened it, which in the agent is the event loop's thread
@@ -7,14 +7,13 @@ mode with ``synchronous=NORMAL`` a commit does not fsync, so a write takes well 
 a millisecond, less than a hop to a worker thread would cost.
 
 The schema and its migrations live in :mod:`agent.migrations`; event ids come from
-:class:`agent.ids.EventIds`.
+:class:`agent.ids.EventIds`; the outbox's shed policy is in :mod:`agent.store_outbox`.
 """
 
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreStats"]
+__all__ = ["SCHEMA_VERSION", "OutboxEntry", "OutboxLimits", "OutboxStats", "Store", "StoreStats"]
 
-import errno
 import logging
 import math
 import os
@@ -30,6 +29,15 @@ from agent.errors import StoreCorruptError, StoreError
 from agent.ids import EventIds
 from agent.migrations import LAST_SEQUENCE_KEY, SCHEMA_VERSION, migrate
 from agent.model import Condition, Event
+from agent.store_errors import SQLITE_CORRUPT, hint, os_error, store_error
+from agent.store_outbox import (
+    OutboxEntry,
+    OutboxLimits,
+    OutboxStats,
+    OutboxTally,
+    batch,
+    severity_rank,
+)
 from agent.store_rows import (
     CONDITION_COLUMNS,
     EVENT_COLUMNS,
@@ -64,54 +72,6 @@ class StoreStats:
     size_bytes: int
 
 
-# --- errors -------------------------------------------------------------------------
-
-_SQLITE_PERM: Final = 3
-_SQLITE_BUSY: Final = 5
-_SQLITE_LOCKED: Final = 6
-_SQLITE_READONLY: Final = 8
-_SQLITE_IOERR: Final = 10
-_SQLITE_CORRUPT: Final = 11
-_SQLITE_FULL: Final = 13
-_SQLITE_CANTOPEN: Final = 14
-_SQLITE_NOTADB: Final = 26
-
-
-def _hint(code: int | None) -> str:
-    primary = None if code is None else code & 0xFF
-    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-        return (
-            "the file is damaged or not a SQLite database; stop the agent and move it aside"
-            " together with its -wal and -shm files (a new, empty store is created at the next"
-            " start) or restore it from a backup"
-        )
-    if primary == _SQLITE_FULL:
-        return "the filesystem is full; free space on it"
-    if primary in (_SQLITE_CANTOPEN, _SQLITE_READONLY, _SQLITE_PERM):
-        return "check that the directory exists and is writable by the agent's user"
-    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return "another process holds a lock on the database; is a second agent running?"
-    if primary == _SQLITE_IOERR:
-        return "the disk reported an I/O error; check the kernel log"
-    return "see the SQLite error above"
-
-
-def _store_error(action: str, path: Path, err: sqlite3.Error) -> StoreError:
-    code: int | None = getattr(err, "sqlite_errorcode", None)
-    message = f"cannot {action} {path}: {err}; {_hint(code)}"
-    if code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-        return StoreCorruptError(message)
-    return StoreError(message)
-
-
-def _os_error(action: str, path: Path, err: OSError) -> StoreError:
-    if err.errno == errno.ENOSPC:
-        hint = "the filesystem is full; free space on it"
-    else:
-        hint = "check that the state directory is a directory writable by the agent's user"
-    return StoreError(f"cannot {action} {path}: {err.strerror or err}; {hint}")
-
-
 # --- the store ----------------------------------------------------------------------
 
 
@@ -123,23 +83,35 @@ class Store:
     the file and what to do.
     """
 
-    def __init__(self, *, path: Path, conn: sqlite3.Connection, max_events: int) -> None:
-        """Wrap an open, migrated connection; use :meth:`open` instead."""
+    def __init__(
+        self,
+        *,
+        path: Path,
+        conn: sqlite3.Connection,
+        max_events: int,
+        outbox_limits: OutboxLimits | None = None,
+    ) -> None:
+        """Wrap an open connection; use :meth:`open` instead."""
         self._path = path
         self._conn: sqlite3.Connection | None = conn
         self._max_events = max_events
+        self._outbox_limits = outbox_limits or OutboxLimits()
+        self._outbox: OutboxTally | None = None
         self._ids = EventIds()
         self._schema_version = 0
 
     # lifecycle
 
     @classmethod
-    def open(cls, path: Path, *, max_events: int = 10_000) -> Store:
+    def open(
+        cls, path: Path, *, max_events: int = 10_000, outbox_limits: OutboxLimits | None = None
+    ) -> Store:
         """Open (creating and migrating as needed) the database at ``path``.
 
         Args:
             path: the database file; its directory is created with mode 0700 if missing.
             max_events: how many events the history keeps; older ones are trimmed.
+            outbox_limits: the MQTT outbox's bounds (defaults: 100,000 events, 64 MiB).
 
         Raises:
             ValueError: if ``max_events`` is less than 1.
@@ -154,8 +126,8 @@ class Store:
             # exactly one transaction.
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
         except sqlite3.Error as err:
-            raise _store_error("open the store", path, err) from err
-        store = cls(path=path, conn=conn, max_events=max_events)
+            raise store_error("open the store", path, err) from err
+        store = cls(path=path, conn=conn, max_events=max_events, outbox_limits=outbox_limits)
         try:
             store._start()
         except BaseException:
@@ -170,8 +142,9 @@ class Store:
             _quick_check(conn, self._path)
             self._schema_version = migrate(conn, self._path)
             row = conn.execute("SELECT id FROM events ORDER BY sequence DESC LIMIT 1").fetchone()
+            self._outbox = OutboxTally(conn, self._outbox_limits)
         except sqlite3.Error as err:
-            raise _store_error("open the store", self._path, err) from err
+            raise store_error("open the store", self._path, err) from err
         if row is not None:
             self._ids.seed(row[0])
         logger.info(
@@ -226,12 +199,14 @@ class Store:
         subject: str | None,
         data: Mapping[str, Any],
         time: float,
+        outbox: bool = False,
     ) -> Event:
         """Persist a new event and return it with its id and sequence.
 
-        In one transaction: take the next sequence, insert the event, and trim the
-        history to ``max_events``. Non-finite floats in ``data`` are stored (and
-        returned) as None.
+        In one transaction: take the next sequence, insert the event, trim the history
+        to ``max_events`` and, with ``outbox``, queue its CloudEvent in the outbox
+        (shedding if that overflows it), so an event is never recorded without being
+        queued. Non-finite floats in ``data`` are stored (and returned) as None.
 
         Args:
             source: ``nodemedic://<node>``.
@@ -239,6 +214,7 @@ class Store:
             subject: what the event is about, or None.
             data: the JSON payload.
             time: epoch seconds the event happened; also the id's timestamp.
+            outbox: also queue the event for MQTT (see :meth:`outbox_batch`).
 
         Raises:
             ValueError: if ``time`` is not a finite, non-negative epoch.
@@ -253,6 +229,8 @@ class Store:
         except TypeError as err:
             raise TypeError(f"data of event {type!r} is not JSON-serialisable: {err}") from err
         event_id = self._ids.next(math.floor(time * 1000))
+        tally = self._require_outbox()
+        delta = (0, 0, 0)
         with self._transaction("append an event to") as conn:
             (last,) = conn.execute(
                 "SELECT value FROM meta WHERE key = ?", (LAST_SEQUENCE_KEY,)
@@ -265,15 +243,24 @@ class Store:
             )
             # Sequences in the table are contiguous, so this drops exactly the overflow.
             conn.execute("DELETE FROM events WHERE sequence <= ?", (sequence - self._max_events,))
-        return Event(
-            id=event_id,
-            source=source,
-            type=type,
-            time=time,
-            sequence=sequence,
-            subject=subject,
-            data=safe_data,
-        )
+            event = Event(
+                id=event_id,
+                source=source,
+                type=type,
+                time=time,
+                sequence=sequence,
+                subject=subject,
+                data=safe_data,
+            )
+            if outbox:
+                entry = OutboxEntry(
+                    sequence, type, time, dumps(event.to_cloudevent()).encode("utf-8")
+                )
+                delta = tally.insert(conn, entry, severity_rank(safe_data))
+        tally.apply(*delta)
+        if delta[2]:
+            logger.debug("outbox full: shed %d events for event %d", delta[2], sequence)
+        return event
 
     def events(
         self, *, type: str | None = None, since: int | None = None, limit: int = 100
@@ -317,6 +304,53 @@ class Store:
             (LAST_SEQUENCE_KEY,),
         )
         return int(rows[0][0])
+
+    # outbox
+
+    def outbox_batch(self, *, after: int = 0, limit: int = 100) -> list[OutboxEntry]:
+        """Queued events with a sequence above ``after``, oldest first, at most ``limit``.
+
+        Raises:
+            ValueError: if ``limit`` is less than 1.
+            StoreError: if the database cannot be read.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        try:
+            return batch(self._connection(), after=after, limit=limit)
+        except sqlite3.Error as err:
+            raise store_error("read the outbox of", self._path, err) from err
+
+    def outbox_ack(self, sequences: Iterable[int]) -> int:
+        """Remove acknowledged events from the outbox in one transaction.
+
+        Sequences no longer queued (shed meanwhile, or acknowledged twice) are ignored.
+
+        Returns:
+            How many rows were removed.
+
+        Raises:
+            StoreError: if the database cannot be written.
+        """
+        wanted = list(sequences)
+        if not wanted:
+            return 0
+        tally = self._require_outbox()
+        with self._transaction("acknowledge events in the outbox of") as conn:
+            rows, size = tally.ack(conn, wanted)
+        tally.apply(-rows, -size)
+        return rows
+
+    def outbox_stats(self) -> OutboxStats:
+        """Depth, bytes, the oldest event's time and the shed count of the outbox.
+
+        Raises:
+            StoreError: if the database cannot be read.
+        """
+        try:
+            return self._require_outbox().stats(self._connection())
+        except sqlite3.Error as err:
+            raise store_error("read the outbox of", self._path, err) from err
 
     # conditions
 
@@ -378,12 +412,18 @@ class Store:
             raise StoreError(f"store {self._path} is closed")
         return self._conn
 
+    def _require_outbox(self) -> OutboxTally:
+        self._connection()  # a closed store says so first
+        if self._outbox is None:
+            raise StoreError(f"store {self._path} is not open")
+        return self._outbox
+
     def _read(self, action: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
         conn = self._connection()
         try:
             return conn.execute(sql, params).fetchall()
         except sqlite3.Error as err:
-            raise _store_error(action, self._path, err) from err
+            raise store_error(action, self._path, err) from err
 
     @contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -398,7 +438,7 @@ class Store:
                 with suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
             if isinstance(err, sqlite3.Error):
-                raise _store_error(action, self._path, err) from err
+                raise store_error(action, self._path, err) from err
             raise
 
 
@@ -410,14 +450,14 @@ def _prepare_file(path: Path) -> None:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
-        raise _os_error("create the state directory for", path, err) from err
+        raise os_error("create the state directory for", path, err) from err
     # SQLite would create the file with the umask's mode; the -wal and -shm files copy it.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return
     except OSError as err:
-        raise _os_error("create", path, err) from err
+        raise os_error("create", path, err) from err
     os.close(fd)
 
 
@@ -436,5 +476,5 @@ def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
     if problems != ["ok"]:
         report = " ".join("; ".join(problems).split())  # SQLite's report spans lines
         raise StoreCorruptError(
-            f"store {path} failed its integrity check ({report[:300]}); {_hint(_SQLITE_CORRUPT)}"
+            f"store {path} failed its integrity check ({report[:300]}); {hint(SQLITE_CORRUPT)}"
         )

@@ -11,7 +11,7 @@ __all__ = ["AgentView"]
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from agent.model import Condition, Event, ProbeStatus, Sample
+from agent.model import Condition, Event, MqttStatus, ProbeStatus, Sample
 
 
 class AgentView(Protocol):
@@ -43,6 +43,10 @@ class AgentView(Protocol):
 
         ``type`` matches exactly, or as a prefix when it ends in ``.`` or ``*``.
         """
+        ...
+
+    def mqtt_status(self) -> MqttStatus | None:
+        """The MQTT link and its outbox; None when publishing is not configured."""
         ...
 
     def event_counts(self) -> Mapping[str, int]:

@@ -384,6 +384,15 @@ _SPECS: tuple[MetricSpec, ...] = (
         ("probe",),
         "1 when the probe's last run succeeded in time, 0 when it failed or hung.",
     ),
+    MetricSpec(
+        "nodemedic_mqtt_outbox_used_ratio",
+        "agent",
+        G,
+        "ratio",
+        (),
+        "Fullness of the MQTT outbox: the larger of events and bytes over their bounds; "
+        "at 1 it sheds events.",
+    ),
 )
 
 CATALOG: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}

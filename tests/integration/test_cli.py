@@ -62,7 +62,7 @@ def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
 def test_bundled_config_is_valid() -> None:
     result = run_cli("validate", "--config", str(BUNDLED))
     assert result.returncode == 0, result.stderr
-    assert "valid (11 rules, 10 probes enabled)" in result.stdout
+    assert "valid (12 rules, 10 probes enabled)" in result.stdout
 
 
 def test_environment_override_applies_and_is_named_when_wrong() -> None:

@@ -7,7 +7,17 @@ __all__ = ["BROKEN_VIEW_MESSAGE", "FakeAgentView", "busy_view", "make_event"]
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from agent.model import Condition, ConditionState, Event, ProbeStatus, Sample, Severity, labelset
+from agent.model import (
+    Condition,
+    ConditionState,
+    Event,
+    MqttLinkState,
+    MqttStatus,
+    ProbeStatus,
+    Sample,
+    Severity,
+    labelset,
+)
 from agent.probes.catalog import CATALOG, MetricKind
 
 BROKEN_VIEW_MESSAGE = "the fake view was told to break"
@@ -37,6 +47,7 @@ class FakeAgentView:
     emitted: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     lag: float = 0.0
+    mqtt: MqttStatus | None = None
     one_shot_samples: bool = False
     broken: set[str] = field(default_factory=set)
     event_queries: list[tuple[str | None, int | None, int]] = field(default_factory=list)
@@ -76,6 +87,11 @@ class FakeAgentView:
         if since is not None:
             return [event for event in chosen if event.sequence > since][:limit]
         return chosen[-limit:]
+
+    def mqtt_status(self) -> MqttStatus | None:
+        """The MQTT status as set (None: publishing not configured)."""
+        self._maybe_break("mqtt_status")
+        return self.mqtt
 
     def event_counts(self) -> Mapping[str, int]:
         """The counts as set."""
@@ -167,4 +183,17 @@ def busy_view() -> FakeAgentView:
         emitted={"io.nodemedic.condition.firing": 3, "io.nodemedic.probe.failed": 1},
         dropped={"history": 2, AWKWARD_LABEL_VALUE: 1},
         lag=0.004,
+        mqtt=MqttStatus(
+            state=MqttLinkState.DISCONNECTED,
+            broker="mqtt://127.0.0.1:1883",
+            reason="cannot reach mqtt://127.0.0.1:1883: [Errno 111] Connection refused",
+            reconnects=7,
+            publishes={"acked": 1234, "failed": 3},
+            connect_failures={"network": 7},
+            outbox_depth=42,
+            outbox_bytes=21000,
+            outbox_oldest_age=12.5,
+            outbox_shed=2,
+            outbox_used_ratio=0.42,
+        ),
     )

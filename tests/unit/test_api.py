@@ -17,7 +17,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.api import MAX_BODY_BYTES, ApiServer
-from agent.model import Condition, ConditionState, ProbeStatus, Sample, Severity, labelset
+from agent.model import (
+    Condition,
+    ConditionState,
+    MqttLinkState,
+    MqttStatus,
+    ProbeStatus,
+    Sample,
+    Severity,
+    labelset,
+)
 
 from .fake_view import BROKEN_VIEW_MESSAGE, NODE, T0, FakeAgentView, make_event
 
@@ -116,6 +125,31 @@ async def test_readyz_is_503_with_the_reason_until_ready(api: Api) -> None:
     }
     assert ready.status == 200
     assert ready.body == {"ready": True}
+
+
+@pytest.mark.asyncio
+async def test_readyz_shows_the_mqtt_link_ready_but_degraded_or_misconfigured(api: Api) -> None:
+    api.view.mqtt = MqttStatus(
+        state=MqttLinkState.DISCONNECTED,
+        broker="mqtt://broker:1883",
+        reason="cannot reach mqtt://broker:1883: [Errno 111] Connection refused",
+        outbox_depth=5,
+        outbox_oldest_age=3.0,
+    )
+    degraded = await api.get("/readyz")
+    api.view.ready = False
+    api.view.not_ready_reason = "mqtt: broker mqtt://broker:1883 refused the credentials"
+    api.view.mqtt = MqttStatus(state=MqttLinkState.MISCONFIGURED, reason="refused")
+    refused = await api.get("/readyz")
+
+    assert degraded.status == 200
+    assert degraded.body["ready"] is True
+    assert degraded.body["mqtt"]["state"] == "disconnected"
+    assert degraded.body["mqtt"]["reason"].startswith("cannot reach mqtt://broker:1883")
+    assert degraded.body["mqtt"]["outbox"]["depth"] == 5
+    assert refused.status == 503
+    assert refused.body["reason"].startswith("mqtt: broker mqtt://broker:1883 refused")
+    assert refused.body["mqtt"]["state"] == "misconfigured"
 
 
 @pytest.mark.asyncio

@@ -444,3 +444,25 @@ def test_promtool_accepts_the_exposition_without_warnings() -> None:
 
     assert printed == ""
     assert status == 0
+
+
+def test_mqtt_series_follow_the_link_and_the_outbox() -> None:
+    view = busy_view()
+    series = series_of(scrape(view))
+
+    assert value(series, "nodemedic_mqtt_connected") == 0.0
+    assert value(series, "nodemedic_mqtt_publishes_total", result="acked") == 1234
+    assert value(series, "nodemedic_mqtt_publishes_total", result="failed") == 3
+    assert value(series, "nodemedic_mqtt_reconnects_total") == 7
+    assert value(series, "nodemedic_mqtt_connect_failures_total", reason="network") == 7
+    assert value(series, "nodemedic_mqtt_connect_failures_total", reason="auth") == 0
+    assert value(series, "nodemedic_mqtt_outbox_events") == 42
+    assert value(series, "nodemedic_mqtt_outbox_bytes") == 21000
+    assert value(series, "nodemedic_mqtt_outbox_oldest_age_seconds") == 12.5
+    assert value(series, "nodemedic_mqtt_outbox_shed_events_total") == 2
+
+
+def test_without_mqtt_there_are_no_mqtt_series() -> None:
+    text = scrape(FakeAgentView())
+    assert "nodemedic_mqtt_connected" not in text
+    assert "nodemedic_mqtt_outbox_events" not in text

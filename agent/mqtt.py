@@ -1,0 +1,653 @@
+"""MQTT: publish every event and the node's state; the only module that imports aiomqtt.
+
+:class:`MqttPublisher` keeps one connection to the first broker of ``mqtt.url`` that
+answers, failing over along the list. Each connection is a persistent session (clean
+start off, session expiry from the config) with a new session id; its Last Will is the
+retained ``{"state": "offline", "session": <id>}`` on ``nodes/<node>/status``, and the
+retained birth message ``{"state": "online", ...}`` with the same id follows the CONNACK.
+
+Events are store-and-forward: the runtime queues each one in the SQLite outbox in the
+transaction that records it; the publisher reads the outbox oldest first and publishes
+at QoS 1 with up to ``mqtt.inflight`` messages awaiting their PUBACK at once; a row
+leaves the outbox only on its PUBACK. When the link drops, the unacknowledged rows are
+sent again on the next connection (at-least-once; consumers drop duplicates by ``id``).
+
+Reconnects back off exponentially with jitter; a refused login or a failed TLS
+handshake is a misconfiguration, reported as such and retried at the slow
+``mqtt.auth_retry`` pace instead.
+"""
+
+from __future__ import annotations
+
+# Backoff, Topics and format_event_line live in modules without aiomqtt; re-exported here.
+__all__ = [
+    "Backoff",
+    "EventOutbox",
+    "MqttPublisher",
+    "Topics",
+    "format_event_line",
+    "tail_events",
+]
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import ssl
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from typing import Any, Final, Protocol
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.backoff import Backoff
+from agent.broker_url import BrokerUrl
+from agent.config import MqttConfig
+from agent.model import Condition, MqttLinkState, MqttStatus
+from agent.store_outbox import OutboxEntry
+from agent.topics import Topics, format_event_line
+
+log = logging.getLogger(__name__)
+
+_CLOUDEVENTS_JSON: Final = "application/cloudevents+json"
+_AUTH_CODES: Final = frozenset(
+    {4, 5, 0x86, 0x87, 0x8C}
+)  # 3.1.1 rc 4/5; v5 bad login, not authorised, bad auth method
+_TRANSIENT_CODES: Final = frozenset(
+    {3, 0x88, 0x89, 0x97, 0x9F}
+)  # server unavailable/busy, quota, rate
+_STATE_TIMEOUT: Final = 5.0  # seconds for a retained status publish at connect or stop
+
+
+class EventOutbox(Protocol):
+    """The part of :class:`~agent.store.Store` the publisher reads and acknowledges."""
+
+    def outbox_batch(self, *, after: int = 0, limit: int = 100) -> list[OutboxEntry]:
+        """Queued events after ``after``, oldest first."""
+        ...
+
+    def outbox_ack(self, sequences: Iterable[int]) -> int:
+        """Remove acknowledged events."""
+        ...
+
+
+class _ConnectFailedError(Exception):
+    """A connection attempt failed; ``kind`` is network, auth, tls or refused."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+    @property
+    def misconfigured(self) -> bool:
+        return self.kind in ("auth", "tls", "refused")
+
+
+class _RefusedError(Exception):
+    """The broker answered a publish with a failure reason code (MQTT 5), e.g. its ACL."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, minus one gap: it treats every PUBACK as success.
+
+    An MQTT 5 broker answers a publish its ACL forbids with a PUBACK carrying "not
+    authorized"; taking that as delivered would drop the event from the outbox. Here a
+    failure reason code leaves the publish unconfirmed and sets :attr:`refused`, which
+    ends the session (see ``_watch_refusals``) so the event stays queued.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused = asyncio.Event()
+        self.refusal: str | None = None
+
+    def _on_publish(
+        self,
+        client: Any,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
+            self.refusal = str(reason_code).lower()
+            self.refused.set()
+            return
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+
+class _LinkLostError(Exception):
+    """The connection dropped (or a publish was not acknowledged in time)."""
+
+
+class _DrainedError(Exception):
+    """Stopping, and every queued event has been acknowledged: end the session."""
+
+
+class _PahoLog(logging.Logger):
+    """paho's log: remembers its last error (a TLS alert shows up only there), passes at debug."""
+
+    def __init__(self) -> None:
+        super().__init__("agent.mqtt.paho", logging.WARNING)
+        self.last_error: str | None = None
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.last_error = record.getMessage()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("paho: %s", record.getMessage())
+
+
+class MqttPublisher:
+    """Publishes the outbox, the node's status and its conditions to the broker.
+
+    Args:
+        config: the ``mqtt`` section (must have at least one url).
+        node: the node's name: the client id and the topics' node level.
+        version: the agent's version, in the birth message.
+        outbox: where queued events are read and acknowledged.
+        conditions: the node's current conditions, for the retained snapshot.
+        rng: randomness for the backoff jitter.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        node: str,
+        version: str,
+        outbox: EventOutbox,
+        conditions: Callable[[], Sequence[Condition]],
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not config.enabled:
+            raise ValueError("mqtt.url is not set: nothing to publish to")
+        self._config = config
+        self._node = node
+        self._version = version
+        self._outbox = outbox
+        self._conditions = conditions
+        self._topics = Topics(config.topic_prefix, node)
+        self._brokers = config.brokers
+        self._backoff = Backoff(
+            initial=config.reconnect_min.total_seconds(),
+            maximum=config.reconnect_max.total_seconds(),
+            rng=rng,
+        )
+        self._window = config.inflight
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._conditions_dirty = True
+        self._acked: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+        self._state = MqttLinkState.CONNECTING
+        self._broker: BrokerUrl = self._brokers[0]
+        self._reason: str | None = None
+        self._session: str | None = None
+        self._attempts = 0
+        self._connected_at: float | None = None
+        self._publishes: Counter[str] = Counter()
+        self._failures: Counter[str] = Counter()
+        self._v5 = config.protocol == "5"
+        # A PUBACK slower than this means a dead link that keepalive has not noticed yet.
+        self._publish_timeout = (
+            2 * config.keepalive.total_seconds() + config.connect_timeout.total_seconds()
+        )
+        self._event_props: Properties | None = None
+        if self._v5:
+            self._event_props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            self._event_props.ContentType = _CLOUDEVENTS_JSON
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start publishing in a background task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="mqtt")
+
+    async def aclose(self, grace: float) -> None:
+        """Stop: publish what is queued within ``grace`` seconds, say offline, disconnect.
+
+        Events not acknowledged by then stay in the outbox for the next start.
+        """
+        self._closing.set()
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=grace)
+        except TimeoutError:
+            log.warning("MQTT: not everything was published within %.1fs; the rest waits", grace)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=0.5)
+        except Exception:
+            log.exception("MQTT publisher failed while stopping")
+        finally:
+            self._flush_acks()
+            self._set_state(MqttLinkState.STOPPED, None)
+
+    def notify_events(self) -> None:
+        """New events are in the outbox."""
+        self._wake.set()
+
+    def notify_conditions(self) -> None:
+        """The conditions changed: publish a new retained snapshot."""
+        self._conditions_dirty = True
+        self._wake.set()
+
+    def status(self) -> MqttStatus:
+        """The link's state and counters (outbox figures are the runtime's to add)."""
+        return MqttStatus(
+            state=self._state,
+            broker=str(self._broker),
+            reason=self._reason,
+            session=self._session if self._state is MqttLinkState.CONNECTED else None,
+            reconnects=max(0, self._attempts - 1),
+            publishes=dict(self._publishes),
+            connect_failures=dict(self._failures),
+        )
+
+    # -- the connection loop ---------------------------------------------------------
+
+    async def _run(self) -> None:
+        index = 0
+        round_failures: list[_ConnectFailedError] = []
+        while not self._closing.is_set():
+            broker = self._brokers[index]
+            self._broker = broker
+            try:
+                await self._connect_and_serve(broker)
+            except _ConnectFailedError as failure:
+                self._failures[failure.kind] += 1
+                round_failures.append(failure)
+                state = (
+                    MqttLinkState.MISCONFIGURED
+                    if failure.misconfigured
+                    else MqttLinkState.DISCONNECTED
+                )
+                self._set_state(state, failure.reason)
+            except _RefusedError as refused:
+                self._publishes["refused"] += 1
+                round_failures.append(_ConnectFailedError("refused", str(refused)))
+                self._set_state(MqttLinkState.MISCONFIGURED, str(refused))
+            except _LinkLostError as lost:
+                round_failures.clear()
+                # Only a connection that held for a while restarts the backoff: a broker
+                # that accepts and then drops us (or a second agent with our client id
+                # taking the session over) must not be reconnected to in a tight loop.
+                held = asyncio.get_running_loop().time() - (self._connected_at or 0.0)
+                if held >= self._config.reconnect_max.total_seconds():
+                    self._backoff.reset()
+                self._set_state(
+                    MqttLinkState.DISCONNECTED, f"lost the connection to {broker}: {lost}"
+                )
+            except Exception as err:  # a bug must not end publishing for good
+                log.exception("MQTT publisher failed unexpectedly; reconnecting")
+                self._set_state(MqttLinkState.DISCONNECTED, f"internal error: {err}")
+            else:
+                return  # only a stop ends a session without an exception
+            finally:
+                self._flush_acks()
+            index = (index + 1) % len(self._brokers)
+            if index != 0 and round_failures:
+                continue  # fail over to the next broker at once
+            if any(f.misconfigured for f in round_failures):
+                delay = self._config.auth_retry.total_seconds()
+            else:
+                delay = self._backoff.next()
+            round_failures.clear()
+            log.debug("MQTT: next connection attempt in %.2fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+
+    async def _connect_and_serve(self, broker: BrokerUrl) -> None:
+        session = secrets.token_hex(8)
+        paho_log = _PahoLog()
+        self._attempts += 1
+        client = await self._client(broker, session, paho_log)
+        connected = False
+        try:
+            async with client:
+                connected = True
+                self._session = session
+                self._connected_at = asyncio.get_running_loop().time()
+                await self._publish_state(client, _status_payload("online", session, self._version))
+                self._set_state(MqttLinkState.CONNECTED, None)
+                self._conditions_dirty = True
+                try:
+                    await self._serve(client)
+                except _DrainedError:
+                    await self._publish_state(client, _status_payload("offline", session, None))
+        except aiomqtt.MqttError as err:
+            if not connected:
+                raise _classify(err, paho_log.last_error, broker) from err
+            raise _LinkLostError(str(err)) from err
+
+    async def _client(self, broker: BrokerUrl, session: str, paho_log: _PahoLog) -> _Client:
+        config = self._config
+        tls_context: ssl.SSLContext | None = None
+        if broker.tls:
+            try:
+                tls_context = await asyncio.to_thread(_tls_context, config)
+            except (OSError, ssl.SSLError) as err:
+                raise _ConnectFailedError(
+                    "tls", f"cannot set up TLS for {broker}: {err}; check mqtt.tls"
+                ) from err
+        properties: Properties | None = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = int(config.session_expiry.total_seconds())
+        password = config.password.get_secret_value() if config.password is not None else None
+        client = _Client(
+            broker.host,
+            broker.port,
+            identifier=self._node,
+            username=config.username,
+            password=password,
+            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if self._v5 else False,
+            # paho insists on its default when the protocol has no clean start (3.1.1).
+            clean_start=False if self._v5 else MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+            will=aiomqtt.Will(
+                self._topics.status,
+                _status_payload("offline", session, None),
+                qos=1,
+                retain=True,
+            ),
+            keepalive=int(config.keepalive.total_seconds()),
+            timeout=config.connect_timeout.total_seconds(),
+            max_inflight_messages=self._window + 2,
+            tls_context=tls_context,
+            tls_insecure=(not config.tls.check_hostname) if broker.tls else None,
+            logger=paho_log,
+        )
+        client.pending_calls_threshold = self._window + 4
+        return client
+
+    # -- one session -----------------------------------------------------------------
+
+    async def _publish_state(self, client: _Client, payload: bytes) -> None:
+        """Publish a retained status message, or raise _RefusedError if the broker refuses."""
+        publish = asyncio.ensure_future(
+            client.publish(self._topics.status, payload, qos=1, retain=True, timeout=_STATE_TIMEOUT)
+        )
+        refused = asyncio.ensure_future(client.refused.wait())
+        try:
+            await asyncio.wait({publish, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (publish, refused):
+                future.cancel()
+        if not publish.cancelled() and publish.done():
+            publish.result()
+            return
+        raise self._refused_error(client, self._topics.status)
+
+    def _refused_error(self, client: _Client, topic: str) -> _RefusedError:
+        return _RefusedError(
+            f"broker {self._broker} refused a publish on {topic} ({client.refusal}); check "
+            f"that its ACL lets this node publish to {self._topics.prefix}/nodes/"
+            f"{self._node}/#"
+        )
+
+    async def _serve(self, client: _Client) -> None:
+        """Publish until the link drops (_LinkLostError) or a stop drained it (_DrainedError)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch(client), name="mqtt-watch")
+                group.create_task(self._watch_refusals(client), name="mqtt-refusals")
+                group.create_task(self._pump(client, group), name="mqtt-pump")
+        except ExceptionGroup as errors:
+            # One session ends for one reason; a lost link outranks a finished drain.
+            for kind in (_RefusedError, _LinkLostError, _DrainedError):
+                found = errors.subgroup(kind)
+                if found is not None:
+                    raise _leaf(found) from None
+            raise
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        # The message iterator is how aiomqtt reports a dropped connection.
+        try:
+            async for message in client.messages:
+                log.debug("MQTT: ignoring a message on %s", message.topic)
+        except aiomqtt.MqttError as err:
+            raise _LinkLostError(str(err.__cause__ or err)) from err
+        raise _LinkLostError("the connection ended")
+
+    async def _watch_refusals(self, client: _Client) -> None:
+        await client.refused.wait()
+        raise self._refused_error(client, f"{self._topics.prefix}/nodes/{self._node}/...")
+
+    async def _pump(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
+        window = asyncio.Semaphore(self._window)
+        inflight: set[asyncio.Task[None]] = set()
+        after = 0
+        while True:
+            self._wake.clear()
+            self._flush_acks()
+            if self._conditions_dirty:
+                self._conditions_dirty = False
+                group.create_task(self._publish_conditions(client), name="mqtt-conditions")
+            rows = self._outbox.outbox_batch(after=after, limit=self._window * 4)
+            if not rows:
+                # A task that woke us has finished, but its done-callbacks may not have run.
+                if self._closing.is_set() and all(task.done() for task in inflight):
+                    raise _DrainedError
+                await self._wake.wait()
+                continue
+            for row in rows:
+                await window.acquire()
+                task = group.create_task(
+                    self._publish_event(client, row, window),
+                    name=f"mqtt-event-{row.sequence}",
+                )
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                after = row.sequence
+
+    async def _publish_event(
+        self,
+        client: aiomqtt.Client,
+        row: OutboxEntry,
+        window: asyncio.Semaphore,
+    ) -> None:
+        try:
+            await client.publish(
+                self._topics.event(row.type),
+                row.payload,
+                qos=1,
+                properties=self._event_props,
+                timeout=self._publish_timeout,
+            )
+        except aiomqtt.MqttError as err:
+            self._publishes["failed"] += 1
+            raise _LinkLostError(f"event {row.sequence} was not acknowledged: {err}") from err
+        finally:
+            window.release()
+        self._publishes["acked"] += 1
+        self._acked.append(row.sequence)
+        self._wake.set()
+
+    async def _publish_conditions(self, client: aiomqtt.Client) -> None:
+        conditions = self._conditions()
+        payload = {
+            "node": self._node,
+            "firing": sum(1 for c in conditions if c.state.value == "firing"),
+            "conditions": [condition.to_json() for condition in conditions],
+        }
+        try:
+            await client.publish(
+                self._topics.conditions,
+                json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str),
+                qos=1,
+                retain=True,
+                timeout=self._publish_timeout,
+            )
+        except aiomqtt.MqttError as err:
+            self._conditions_dirty = True
+            raise _LinkLostError(f"the conditions snapshot was not acknowledged: {err}") from err
+        except ValueError:
+            log.exception("cannot encode the conditions snapshot")
+
+    def _flush_acks(self) -> None:
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        try:
+            self._outbox.outbox_ack(acked)
+        except Exception as err:  # a store failure: keep them and try again
+            self._acked = acked + self._acked
+            log.error(
+                "MQTT: cannot remove %d acknowledged events from the outbox: %s", len(acked), err
+            )
+
+    def _set_state(self, state: MqttLinkState, reason: str | None) -> None:
+        before, before_reason = self._state, self._reason
+        self._state, self._reason = state, reason
+        if state is before and reason == before_reason:
+            return
+        if state is MqttLinkState.CONNECTED:
+            log.info("MQTT: connected to %s (session %s)", self._broker, self._session)
+        elif state is MqttLinkState.MISCONFIGURED:
+            log.error(
+                "MQTT: %s; retrying every %gs", reason, self._config.auth_retry.total_seconds()
+            )
+        elif state is MqttLinkState.DISCONNECTED and before is not MqttLinkState.DISCONNECTED:
+            log.warning("MQTT: %s; events wait in the outbox", reason)
+        elif state is MqttLinkState.STOPPED:
+            log.info("MQTT: stopped")
+        else:
+            log.debug("MQTT: %s: %s", state.value, reason)
+
+
+def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _status_payload(state: str, session: str, version: str | None) -> bytes:
+    payload: dict[str, str] = {"state": state, "session": session}
+    if version is not None:
+        payload["version"] = version
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _tls_context(config: MqttConfig) -> ssl.SSLContext:
+    tls = config.tls
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    context.check_hostname = tls.check_hostname
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+def _classify_connack(err: MqttConnectError, broker: BrokerUrl) -> _ConnectFailedError:
+    rc = err.rc
+    code = rc.value if isinstance(rc, ReasonCode) else rc
+    text = (str(rc) if isinstance(rc, ReasonCode) else str(err).split(": ", 1)[-1]).lower()
+    if code in _AUTH_CODES:
+        return _ConnectFailedError(
+            "auth",
+            f"broker {broker} refused the credentials ({text}); check mqtt.username "
+            "and mqtt.password",
+        )
+    if code in _TRANSIENT_CODES:
+        return _ConnectFailedError("network", f"broker {broker} is unavailable ({text})")
+    return _ConnectFailedError("refused", f"broker {broker} refused the connection ({text})")
+
+
+def _classify(
+    err: aiomqtt.MqttError, paho_error: str | None, broker: BrokerUrl
+) -> _ConnectFailedError:
+    """What a failed connection attempt means: a refused login, a TLS problem, or no route."""
+    if isinstance(err, MqttConnectError):
+        return _classify_connack(err, broker)
+    cause = err.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return _ConnectFailedError(
+            "tls",
+            f"TLS with {broker} failed: the broker's certificate is not trusted "
+            f"({cause.verify_message}); check mqtt.tls.ca_file and check_hostname",
+        )
+    if isinstance(cause, ssl.SSLError):
+        return _ConnectFailedError("tls", f"TLS with {broker} failed: {cause}; check mqtt.tls")
+    if paho_error is not None and ("SSL" in paho_error or "alert" in paho_error):
+        detail = paho_error.removeprefix("failed to receive on socket: ")
+        return _ConnectFailedError(
+            "tls",
+            f"broker {broker} rejected the TLS handshake ({detail}); check "
+            "mqtt.tls.cert_file and key_file",
+        )
+    return _ConnectFailedError("network", f"cannot reach {broker}: {err}")
+
+
+# -- events tail ----------------------------------------------------------------------
+
+
+async def tail_events(
+    config: MqttConfig,
+    *,
+    node: str | None,
+    event_type: str | None,
+) -> AsyncGenerator[dict[str, Any]]:
+    """Subscribe to live events and yield each decoded CloudEvent.
+
+    ``event_type`` is an exact type or a prefix ending in ``*`` or ``.``; prefixes are
+    filtered here since MQTT wildcards match whole topic levels only.
+
+    Raises:
+        ConnectionError: when no broker of ``config`` accepts the connection.
+    """
+    exact = event_type if event_type and not event_type.endswith(("*", ".")) else None
+    prefix = event_type.removesuffix("*") if event_type and exact is None else None
+    topic = Topics.event_filter(config.topic_prefix, node, exact)
+    failures: list[str] = []
+    for broker in config.brokers:
+        paho_log = _PahoLog()
+        tls_context = _tls_context(config) if broker.tls else None
+        password = config.password.get_secret_value() if config.password is not None else None
+        client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=f"nodemedic-tail-{secrets.token_hex(4)}",
+            username=config.username,
+            password=password,
+            protocol=aiomqtt.ProtocolVersion.V5
+            if config.protocol == "5"
+            else aiomqtt.ProtocolVersion.V311,
+            keepalive=int(config.keepalive.total_seconds()),
+            timeout=config.connect_timeout.total_seconds(),
+            tls_context=tls_context,
+            tls_insecure=(not config.tls.check_hostname) if broker.tls else None,
+            logger=paho_log,
+        )
+        try:
+            async with client:
+                await client.subscribe(topic, qos=1)
+                async for message in client.messages:
+                    payload = message.payload
+                    if not isinstance(payload, bytes | bytearray):
+                        continue
+                    try:
+                        event = json.loads(payload)
+                    except ValueError:
+                        continue
+                    if not isinstance(event, dict):
+                        continue
+                    if prefix is not None and not str(event.get("type", "")).startswith(prefix):
+                        continue
+                    yield event
+                return
+        except aiomqtt.MqttError as err:
+            failures.append(_classify(err, paho_log.last_error, broker).reason)
+    raise ConnectionError("; ".join(failures) or "no broker configured")
