@@ -23,6 +23,7 @@ from typing import Any
 import aiomqtt
 import pytest
 import pytest_asyncio
+from cloudevents.core.formats.json import JSONFormat
 
 from agent.config import AgentSettings, RuleConfig
 from agent.model import Sample
@@ -43,13 +44,18 @@ CE_ATTRIBUTE = re.compile(r"^[a-z0-9]{1,20}$")
 
 
 def check_cloudevent(event: dict[str, Any]) -> None:
-    """Check a structured-mode JSON CloudEvent against the CloudEvents 1.0 spec's rules.
+    """Check a structured-mode JSON CloudEvent with the CloudEvents SDK and the spec's rules.
 
     The constraints of the spec's JSON schema (``cloudevents/formats/cloudevents.json``):
     required ``id``, ``source``, ``specversion`` = "1.0" and ``type``, non-empty strings;
     ``time`` an RFC 3339 timestamp; ``datacontenttype`` a media type; ``subject`` a
     non-empty string; attribute names lower-case alphanumeric (at most 20 characters).
     """
+    # The CloudEvents SDK parses the structured JSON and validates the required attributes.
+    parsed = JSONFormat().read(None, json.dumps(event).encode()).get_attributes()
+    assert parsed["id"] == event["id"]
+    assert parsed["sequence"] == event["sequence"]
+    assert parsed["time"].tzinfo is not None
     for required in ("id", "source", "specversion", "type"):
         assert isinstance(event.get(required), str), f"{required} missing: {event}"
         assert event[required], f"{required} empty: {event}"
