@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 CONFIG ?= config/nodemedic.yaml
 # Debian packages: building systemd-python needs the first four; the tests need the rest.
 APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
-APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients
+# systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
+# booted Debian 12 has it, a debian:12 container image does not.
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd
 # Debian's mosquitto package starts a system broker on port 1883 from its postinst on a
 # machine whose policy allows it. The tests never use it (tests/brokers.py runs its own
 # brokers on ephemeral loopback ports), so while installing it we deny service starts with
