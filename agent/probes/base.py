@@ -8,7 +8,7 @@ it returns, so one hung mount costs one thread, never one per interval.
 
 from __future__ import annotations
 
-__all__ = ["BlockingProbe", "Clock", "Probe", "parse_error", "read_text"]
+__all__ = ["BlockingProbe", "Clock", "Probe", "ProcfsProbe", "parse_error", "read_text"]
 
 import abc
 import asyncio
@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import psutil
 
@@ -158,6 +158,32 @@ class BlockingProbe(abc.ABC):
             self.name,
             self._clock() - self._started,
         )
+
+
+class ProcfsProbe(BlockingProbe):
+    """Base for probes that only read files under procfs: one constructor for them all.
+
+    Subclasses set :attr:`NAME` and read below :attr:`proc`.
+
+    Args:
+        interval: seconds between runs.
+        timeout: seconds one run may take.
+        proc: where procfs is mounted (a fixture tree in tests).
+        clock: monotonic seconds.
+    """
+
+    NAME: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        interval: float = 10.0,
+        timeout: float = 10.0,
+        proc: Path = Path("/proc"),
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(name=self.NAME, interval=interval, timeout=timeout, clock=clock)
+        self.proc = proc
 
 
 def read_text(path: Path) -> str:

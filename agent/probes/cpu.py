@@ -9,12 +9,11 @@ from __future__ import annotations
 
 __all__ = ["CpuProbe", "CpuTimes", "read_cpu_stat"]
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.model import Sample
-from agent.probes.base import BlockingProbe, Clock, parse_error, read_text
+from agent.probes.base import ProcfsProbe, parse_error, read_text
 
 # user nice system idle iowait irq softirq steal; guest and guest_nice are already
 # counted in user and nice, so they stay out of the total.
@@ -75,31 +74,15 @@ def read_cpu_stat(path: Path) -> CpuTimes:
     )
 
 
-class CpuProbe(BlockingProbe):
-    """Emits ``nodemedic_cpu_*``: utilisation, iowait and steal ratios, and the CPU count.
+class CpuProbe(ProcfsProbe):
+    """Emits ``nodemedic_cpu_*``: utilisation, iowait and steal ratios, and the CPU count."""
 
-    Args:
-        interval: seconds between runs.
-        timeout: seconds one run may take.
-        proc: where procfs is mounted.
-        clock: monotonic seconds.
-    """
-
-    def __init__(
-        self,
-        *,
-        interval: float = 10.0,
-        timeout: float = 10.0,
-        proc: Path = Path("/proc"),
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(name="cpu", interval=interval, timeout=timeout, clock=clock)
-        self._path = proc / "stat"
-        self._previous: CpuTimes | None = None
+    NAME = "cpu"
+    _previous: CpuTimes | None = None  # the last reading, for the next delta
 
     def collect(self) -> list[Sample]:
         """Read ``/proc/stat`` and compute the ratios since the previous run."""
-        now = read_cpu_stat(self._path)
+        now = read_cpu_stat(self.proc / "stat")
         base = self._previous
         self._previous = now
         total, idle, iowait, steal = now.total, now.idle, now.iowait, now.steal

@@ -6,49 +6,31 @@ __all__ = ["LoadProbe"]
 
 import logging
 import os
-import time
-from pathlib import Path
 
 from agent.model import Sample
-from agent.probes.base import BlockingProbe, Clock, parse_error, read_text
+from agent.probes.base import ProcfsProbe, parse_error, read_text
 from agent.probes.cpu import read_cpu_stat
 
 log = logging.getLogger(__name__)
 
 
-class LoadProbe(BlockingProbe):
+class LoadProbe(ProcfsProbe):
     """Emits the 1, 5 and 15 minute load averages and the 5 minute load per online CPU.
 
     Online CPUs are counted in ``/proc/stat``; if that cannot be read the probe falls
     back to ``os.cpu_count()``.
-
-    Args:
-        interval: seconds between runs.
-        timeout: seconds one run may take.
-        proc: where procfs is mounted.
-        clock: monotonic seconds.
     """
 
-    def __init__(
-        self,
-        *,
-        interval: float = 10.0,
-        timeout: float = 10.0,
-        proc: Path = Path("/proc"),
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(name="load", interval=interval, timeout=timeout, clock=clock)
-        self._loadavg = proc / "loadavg"
-        self._stat = proc / "stat"
+    NAME = "load"
 
     def collect(self) -> list[Sample]:
         """Read the load averages and divide the 5 minute one by the online CPUs."""
-        text = read_text(self._loadavg)
+        text = read_text(self.proc / "loadavg")
         try:
             load1, load5, load15 = (float(field) for field in text.split()[:3])
         except ValueError:
             raise parse_error(
-                self._loadavg, f"expected three load averages, got {text!r}"
+                self.proc / "loadavg", f"expected three load averages, got {text!r}"
             ) from None
         cpus = self._online_cpus()
         return [
@@ -60,7 +42,7 @@ class LoadProbe(BlockingProbe):
 
     def _online_cpus(self) -> int:
         try:
-            cpus = read_cpu_stat(self._stat).cpus
+            cpus = read_cpu_stat(self.proc / "stat").cpus
         except (OSError, ValueError) as err:
             log.debug("probe load: counting CPUs with os.cpu_count(): %s", err)
             cpus = 0

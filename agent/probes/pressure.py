@@ -6,11 +6,10 @@ __all__ = ["PressureProbe"]
 
 import errno
 import logging
-import time
 from pathlib import Path
 
 from agent.model import Sample
-from agent.probes.base import BlockingProbe, Clock, parse_error, read_text
+from agent.probes.base import ProcfsProbe, parse_error, read_text
 
 log = logging.getLogger(__name__)
 
@@ -18,36 +17,21 @@ RESOURCES = ("cpu", "memory", "io")
 _WINDOWS = ("avg10", "avg60")
 
 
-class PressureProbe(BlockingProbe):
+class PressureProbe(ProcfsProbe):
     """Emits the ``some`` and ``full`` 10 s and 60 s stall ratios per resource.
 
     A kernel without PSI (no ``/proc/pressure``, or PSI disabled at boot) yields no
     samples rather than an error, and so does a missing line: older kernels have no
     ``full`` line for cpu.
-
-    Args:
-        interval: seconds between runs.
-        timeout: seconds one run may take.
-        proc: where procfs is mounted.
-        clock: monotonic seconds.
     """
 
-    def __init__(
-        self,
-        *,
-        interval: float = 10.0,
-        timeout: float = 10.0,
-        proc: Path = Path("/proc"),
-        clock: Clock = time.monotonic,
-    ) -> None:
-        super().__init__(name="pressure", interval=interval, timeout=timeout, clock=clock)
-        self._dir = proc / "pressure"
+    NAME = "pressure"
 
     def collect(self) -> list[Sample]:
         """Read each resource's PSI file; percentages become ratios."""
         samples: list[Sample] = []
         for resource in RESOURCES:
-            path = self._dir / resource
+            path = self.proc / "pressure" / resource
             try:
                 text = read_text(path)
             except OSError as err:
