@@ -94,6 +94,11 @@ class Agent:
             for probe in self._probes
         }
         self._probe_up: dict[str, Sample] = {}
+        # The metrics each probe's run covers, looked up once rather than on every run.
+        self._covered: dict[str, frozenset[str]] = {
+            probe.name: frozenset(spec.name for spec in metrics_of(probe.name))
+            for probe in self._probes
+        }
         self._progress: dict[str, float] = {}
         self._event_counts: Counter[str] = Counter()
         self._lag = 0.0
@@ -278,8 +283,7 @@ class Agent:
         if error is None:
             finite = [s for s in samples if math.isfinite(s.value)]
             self._latest[probe.name] = finite
-            covered = {spec.name for spec in metrics_of(probe.name)}
-            transitions += tracker.observe(covered, finite, now)
+            transitions += tracker.observe(self._covered[probe.name], finite, now)
         self._probe_up[probe.name] = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=probe.name)
         transitions += tracker.observe({PROBE_UP}, list(self._probe_up.values()), now)
         self._apply(transitions)
@@ -411,8 +415,9 @@ class Agent:
     def _update_status_line(self) -> None:
         if self._tracker is None:
             return
-        firing = [c.rule for c in self._tracker.conditions() if c.state is ConditionState.FIRING]
-        pending = sum(1 for c in self._tracker.conditions() if c.state is ConditionState.PENDING)
+        conditions = self._tracker.conditions()
+        firing = [c.rule for c in conditions if c.state is ConditionState.FIRING]
+        pending = sum(1 for c in conditions if c.state is ConditionState.PENDING)
         ready = "ready" if self._ready.is_set() else "starting"
         line = f"{ready}: {len(self._probes)} probes, {len(firing)} firing"
         if firing:
