@@ -22,6 +22,7 @@ from agent.config import AgentSettings, LogConfig, load_settings
 from agent.errors import ConfigError, ProbeError, StoreError
 from agent.logs import configure_logging
 from agent.model import Condition, Sample
+from agent.probes.base import sample_once
 from agent.probes.catalog import CATALOG, metrics_of
 
 log = logging.getLogger("nodemedic")
@@ -221,7 +222,7 @@ async def _check(settings: AgentSettings) -> int:
     try:
         for probe in probes:
             try:
-                samples = await probe.sample()
+                samples = await sample_once(probe)
             except ProbeError as err:
                 failures.append((probe.name, str(err)))
                 up.append(Sample.of("nodemedic_probe_up", 0, probe=probe.name))

@@ -20,10 +20,10 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agent import __version__
 from agent.api import ApiServer
@@ -41,7 +41,7 @@ from agent.model import (
 )
 from agent.notify import Notifier, SystemdNotifier, watchdog_interval
 from agent.probes import build_probes
-from agent.probes.base import Probe
+from agent.probes.base import AnyProbe, Probe, ProbeEvent, ProbeUpdate, PushProbe, is_push
 from agent.probes.catalog import metrics_of
 from agent.rules import ConditionTracker, Transition
 from agent.store import OutboxLimits, Store
@@ -61,6 +61,8 @@ PROBE_UP = "nodemedic_probe_up"
 OUTBOX_USED = "nodemedic_mqtt_outbox_used_ratio"
 _LAG_PERIOD = 0.5
 _AGENT_SAMPLE_PERIOD = 1.0
+_WATCH_RETRY = 5.0
+"""Seconds before a push probe whose watch failed is watched again (at most its interval)."""
 
 
 class _StopRequestedError(Exception):
@@ -74,7 +76,7 @@ class Agent:
         self,
         settings: AgentSettings,
         *,
-        probes: Sequence[Probe] | None = None,
+        probes: Sequence[AnyProbe] | None = None,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
     ) -> None:
@@ -145,7 +147,7 @@ class Agent:
             try:
                 async with asyncio.TaskGroup() as group:
                     for probe in self._probes:
-                        group.create_task(self._probe_loop(probe), name=f"probe:{probe.name}")
+                        group.create_task(self._loop_of(probe), name=f"probe:{probe.name}")
                     group.create_task(self._measure_lag(), name="loop-lag")
                     group.create_task(self._watchdog(), name="watchdog")
                     group.create_task(self._wait_for_stop(), name="stop")
@@ -249,6 +251,29 @@ class Agent:
                 next_run = now + probe.interval
             await asyncio.sleep(next_run - now)
 
+    def _loop_of(self, probe: AnyProbe) -> Coroutine[Any, Any, None]:
+        if is_push(probe):
+            return self._watch_loop(probe)
+        return self._probe_loop(cast(Probe, probe))
+
+    async def _watch_loop(self, probe: PushProbe) -> None:
+        """Apply a push probe's updates as they come; restart ``watch`` when it fails."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async for update in probe.watch():
+                    self._record(probe.name, update, started=self._clock(), duration=0.0)
+                    self._progress[probe.name] = loop.time()
+                error = f"probe {probe.name}: its watch ended"
+            except ProbeError as err:
+                error = str(err)
+            except Exception as err:  # a probe bug must not take the agent down
+                log.exception("probe %s raised unexpectedly", probe.name)
+                error = f"unexpected {type(err).__name__}: {err}"
+            self._record(probe.name, ProbeUpdate(error=error), started=self._clock(), duration=0.0)
+            self._progress[probe.name] = loop.time()
+            await asyncio.sleep(min(probe.interval, _WATCH_RETRY))
+
     async def _run_probe(self, probe: Probe) -> None:
         started = self._clock()
         t0 = time.perf_counter()
@@ -265,9 +290,15 @@ class Agent:
         except Exception as err:  # a probe bug must not take the agent down
             log.exception("probe %s raised unexpectedly", probe.name)
             error = f"unexpected {type(err).__name__}: {err}"
-        duration = time.perf_counter() - t0
-        before = self._status[probe.name]
-        self._status[probe.name] = replace(
+        update = ProbeUpdate(samples=samples, error=error)
+        self._record(probe.name, update, started=started, duration=time.perf_counter() - t0)
+
+    def _record(self, name: str, update: ProbeUpdate, *, started: float, duration: float) -> None:
+        """Apply one probe result: status, events, the rules, readiness."""
+        error = update.error
+        samples = update.samples
+        before = self._status[name]
+        self._status[name] = replace(
             before,
             last_run=started,
             duration=duration,
@@ -276,18 +307,30 @@ class Agent:
             failures=before.failures + (error is not None),
             samples=len(samples) if error is None else before.samples,
         )
-        self._log_probe_transition(probe.name, before, error)
+        self._log_probe_transition(name, before, error)
+        for event in update.events:
+            self._emit_probe_event(name, event)
         now = self._clock()
         transitions: list[Transition] = []
         tracker = self._require_tracker()
         if error is None:
             finite = [s for s in samples if math.isfinite(s.value)]
-            self._latest[probe.name] = finite
-            transitions += tracker.observe(self._covered[probe.name], finite, now)
-        self._probe_up[probe.name] = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=probe.name)
+            self._latest[name] = finite
+            transitions += tracker.observe(self._covered[name], finite, now)
+        self._probe_up[name] = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=name)
         transitions += tracker.observe({PROBE_UP}, list(self._probe_up.values()), now)
         self._apply(transitions)
         self._check_ready()
+
+    def _emit_probe_event(self, name: str, event: ProbeEvent) -> None:
+        log.info(
+            "probe %s: %s %s",
+            name,
+            event.type,
+            event.subject or "",
+            extra={"NODEMEDIC_PROBE": name},
+        )
+        self._emit(event.type, subject=event.subject, data=event.data)
 
     def _log_probe_transition(self, name: str, before: ProbeStatus, error: str | None) -> None:
         if error is not None and (before.error is None or before.runs == 0):

@@ -7,6 +7,7 @@ enabled probes; the agent runs each on its own interval.
 from __future__ import annotations
 
 __all__ = [
+    "AnyProbe",
     "BlockingProbe",
     "ClockProbe",
     "CpuProbe",
@@ -18,6 +19,9 @@ __all__ = [
     "NetworkProbe",
     "PressureProbe",
     "Probe",
+    "ProbeEvent",
+    "ProbeUpdate",
+    "PushProbe",
     "SensorsProbe",
     "build_probes",
 ]
@@ -26,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
-from agent.probes.base import BlockingProbe, Probe
+from agent.probes.base import AnyProbe, BlockingProbe, Probe, ProbeEvent, ProbeUpdate, PushProbe
 from agent.probes.clock import ClockProbe
 from agent.probes.cpu import CpuProbe
 from agent.probes.diskio import DiskioProbe
@@ -51,7 +55,7 @@ class _Timing(TypedDict):
 
 def build_probes(
     config: ProbesConfig, *, proc: Path = Path("/proc"), sys: Path = Path("/sys")
-) -> list[Probe]:
+) -> list[AnyProbe]:
     """One probe per enabled entry of ``config``, in the catalog's order.
 
     Args:
@@ -66,7 +70,7 @@ def build_probes(
     def timing(entry: ProbeConfig) -> _Timing:
         return {"interval": entry.interval.total_seconds(), "timeout": entry.effective_timeout}
 
-    factories: dict[str, Callable[[], Probe]] = {
+    factories: dict[str, Callable[[], AnyProbe]] = {
         "cpu": lambda: CpuProbe(proc=proc, **timing(config.cpu)),
         "memory": lambda: MemoryProbe(proc=proc, **timing(config.memory)),
         "load": lambda: LoadProbe(proc=proc, **timing(config.load)),

@@ -8,16 +8,30 @@ it returns, so one hung mount costs one thread, never one per interval.
 
 from __future__ import annotations
 
-__all__ = ["BlockingProbe", "Clock", "Probe", "ProcfsProbe", "parse_error", "read_text"]
+__all__ = [
+    "AnyProbe",
+    "BlockingProbe",
+    "Clock",
+    "Probe",
+    "ProbeEvent",
+    "ProbeUpdate",
+    "ProcfsProbe",
+    "PushProbe",
+    "is_push",
+    "parse_error",
+    "read_text",
+    "sample_once",
+]
 
 import abc
 import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeGuard, cast
 
 import psutil
 
@@ -55,6 +69,105 @@ class Probe(Protocol):
     def close(self) -> None:
         """Release the probe's resources without waiting for a hung run."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeEvent:
+    """Something a push probe saw that is an edge, not a level (an OOM kill, a segfault).
+
+    The runtime records it as an event of its own, beside condition changes.
+
+    Attributes:
+        type: the full CloudEvents type, e.g. ``io.nodemedic.kernel.oom_kill``.
+        subject: what it is about (a unit, a device, a process), or None.
+        data: the JSON payload.
+    """
+
+    type: str
+    subject: str | None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeUpdate:
+    """One report from a push probe.
+
+    Attributes:
+        samples: the complete current set of the probe's series. A series missing
+            here is gone (its conditions resolve), exactly as for a polled probe.
+        events: edges seen since the previous update, recorded as events.
+        error: set when the source is unavailable (the bus is gone, /dev/kmsg cannot
+            be read): the probe shows as down, ``samples`` is ignored and the
+            probe's conditions stay as they were.
+    """
+
+    samples: Sequence[Sample] = ()
+    events: Sequence[ProbeEvent] = ()
+    error: str | None = None
+
+
+class PushProbe(Protocol):
+    """A source that pushes changes instead of being polled (D-Bus signals, /dev/kmsg).
+
+    The runtime iterates :meth:`watch` for the life of the agent and applies every
+    update to the rules as it arrives. If ``watch`` raises or ends, the probe shows as
+    down and the runtime calls ``watch`` again after a pause.
+
+    Attributes:
+        name: a probe name from the catalog.
+        interval: the longest gap between two updates: a push probe yields at least
+            this often (its periodic resync), which is how the watchdog knows it lives.
+        timeout: seconds one call into the source (a D-Bus call, a read) may take.
+    """
+
+    name: str
+    interval: float
+    timeout: float
+
+    def watch(self) -> AsyncIterator[ProbeUpdate]:
+        """Yield an update for every change, and at least one per ``interval``."""
+        ...
+
+    def close(self) -> None:
+        """Release the probe's resources."""
+        ...
+
+
+AnyProbe = Probe | PushProbe
+"""What :func:`agent.probes.build_probes` returns: polled and push probes."""
+
+
+def is_push(probe: AnyProbe) -> TypeGuard[PushProbe]:
+    """True for a push probe (one with ``watch``), False for a polled one."""
+    return hasattr(probe, "watch")
+
+
+async def sample_once(probe: AnyProbe) -> Sequence[Sample]:
+    """One reading from any probe: ``sample()``, or a push probe's first update.
+
+    Raises:
+        ProbeError: when the source cannot be read or the first update reports an error.
+        ProbeTimeoutError: when a push probe sends nothing within its interval.
+    """
+    if not is_push(probe):
+        return await cast(Probe, probe).sample()
+    updates = probe.watch()
+    try:
+        async with asyncio.timeout(probe.interval + probe.timeout):
+            update = await anext(updates)
+    except TimeoutError:
+        raise ProbeTimeoutError(
+            f"probe {probe.name}: no update within {probe.interval:g}s"
+        ) from None
+    except StopAsyncIteration:
+        raise ProbeError(f"probe {probe.name}: its watch ended without an update") from None
+    finally:
+        aclose = getattr(updates, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if update.error is not None:
+        raise ProbeError(update.error)
+    return update.samples
 
 
 class BlockingProbe(abc.ABC):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.probes.base import Probe
+from agent.probes.base import AnyProbe
 
 from .fakes import Closing, P
 
@@ -14,7 +14,7 @@ from .fakes import Closing, P
 @pytest.fixture
 def closing() -> Iterator[Closing]:
     """Close every probe the test registers when it ends, so no worker thread outlives it."""
-    probes: list[Probe] = []
+    probes: list[AnyProbe] = []
 
     def register(probe: P, /) -> P:
         probes.append(probe)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from agent.model import LabelSet, Sample
-from agent.probes.base import Probe
+from agent.probes.base import AnyProbe
 from agent.probes.catalog import CATALOG, metrics_of
 
-P = TypeVar("P", bound=Probe)
+P = TypeVar("P", bound=AnyProbe)
 
 
 class Closing(Protocol):

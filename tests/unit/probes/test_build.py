@@ -8,6 +8,7 @@ import pytest
 
 from agent.config import ProbesConfig
 from agent.probes import build_probes
+from agent.probes.base import sample_once
 from agent.probes.catalog import PROBE_NAMES
 
 from .fakes import Closing, write_tree
@@ -82,9 +83,9 @@ async def test_built_probes_read_the_given_trees_with_configured_exclusions(
 
     probes = {probe.name: closing(probe) for probe in build_probes(config, proc=proc, sys=sys)}
 
-    mounts = {s.label_dict["mountpoint"] for s in await probes["filesystem"].sample()}
-    devices = {s.label_dict["device"] for s in await probes["diskio"].sample()}
-    interfaces = {s.label_dict["interface"] for s in await probes["network"].sample()}
+    mounts = {s.label_dict["mountpoint"] for s in await sample_once(probes["filesystem"])}
+    devices = {s.label_dict["device"] for s in await sample_once(probes["diskio"])}
+    interfaces = {s.label_dict["interface"] for s in await sample_once(probes["network"])}
     assert mounts == {str(data)}  # /proc by its fstype, tmp_path by the configured pattern
     assert devices == {"sda"}  # partitions by the default pattern
     assert interfaces == {"eth0", "lo"}  # the configured pattern replaces the default
