@@ -308,7 +308,7 @@ class RemoteCommands:
                     detail = "status"
         except RemoteActionError as err:
             return self._refused(err.reason, err.detail, incoming, request)
-        self._record("io.nodemedic.request.accepted", "accepted", detail, incoming, request)
+        self._record("io.nodemedic.command.accepted", "accepted", detail, incoming, request)
         return CommandReply(
             ok=True,
             node=self._node,
