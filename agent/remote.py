@@ -359,6 +359,12 @@ class RemoteCommands:
             ok=False, node=self._node, reason=err.reason.value, detail=err.detail, nonce=err.nonce
         )
 
+    def refuse(
+        self, reason: str, detail: str, incoming: IncomingCommand, command: ControlRequest | None
+    ) -> CommandReply:
+        """Record a request refused before it could be carried out; the reply says why."""
+        return self._refused(reason, detail, incoming, command)
+
     def _refused(
         self, reason: str, detail: str, incoming: IncomingCommand, command: ControlRequest | None
     ) -> CommandReply:
