@@ -126,43 +126,48 @@ class ProcessesProbe(BlockingProbe):
         run = _Run()
         members = self._members(run)
         samples: list[Sample] = []
-        for group in self._groups:
-            samples.extend(self._measure(group, members[id(group)], run, uptime))
+        for group, pids in zip(self._groups, members, strict=True):
+            samples.extend(self._measure(group, pids, run, uptime))
         self._previous_ticks = run.ticks
         self._previous_uptime = uptime
         return samples
 
-    def _members(self, run: _Run) -> dict[int, list[int]]:
-        found: dict[int, list[int]] = {id(group): [] for group in self._groups}
+    def _members(self, run: _Run) -> list[list[int]]:
+        """Each group's member PIDs, in the order of the groups."""
+        found: list[list[int]] = [[] for _ in self._groups]
         for group in self._groups:
             self._resolve_user(group)
-        scanned = [group for group in self._groups if group.scanned and _can_match(group)]
+        scanned = [
+            (group, found[index])
+            for index, group in enumerate(self._groups)
+            if group.scanned and _can_match(group)
+        ]
         if scanned:
             for pid in self._reader.pids():
-                for group in scanned:
+                for group, hits in scanned:
                     if self._matches(group, pid, run):
-                        found[id(group)].append(pid)
-        for group in self._groups:
+                        hits.append(pid)
+        for group, hits in zip(self._groups, found, strict=True):
             if not group.scanned:
                 candidates = self._sourced(group)
-                hits = found[id(group)]
                 hits.extend(pid for pid in candidates if self._matches(group, pid, run))
         return found
 
     def _matches(self, group: _Group, pid: int, run: _Run) -> bool:
-        # Cheapest test first; each file is read at most once per run, whatever the groups.
+        # Cheapest test first (the owner is one stat(2), stat is reused for a member's
+        # figures, cmdline is the dearest); each file is read at most once per run.
         try:
-            if group.comm is not None:
-                raw = run.stats.get(pid)
-                if raw is None:
-                    raw = run.stats[pid] = self._reader.stat(pid)
-                if comm_of(raw) != group.comm:
-                    return False
             if group.config.user is not None:
                 uid = run.uids.get(pid)
                 if uid is None:
                     uid = run.uids[pid] = self._reader.effective_uid(pid)
                 if uid != group.uid:
+                    return False
+            if group.comm is not None:
+                raw = run.stats.get(pid)
+                if raw is None:
+                    raw = run.stats[pid] = self._reader.stat(pid)
+                if comm_of(raw) != group.comm:
                     return False
             if group.cmdline is not None:
                 line = run.cmdlines.get(pid)
