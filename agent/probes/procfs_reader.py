@@ -158,9 +158,7 @@ class ProcReader:
         """Open file descriptors of the process."""
         path = f"{self._prefix}{pid}/fd"
         if self._fd_count_in_size:
-            size = os.stat(path).st_size
-            if size:
-                return size
+            return os.stat(path).st_size  # 0 is real here: a kernel thread, a zombie
         return len(os.listdir(path))
 
     def nofile_limit(self, pid: int) -> int | None:
