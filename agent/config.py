@@ -553,6 +553,13 @@ class AgentSettings(BaseSettings):
     @model_validator(mode="after")
     def _rules_have_probes(self) -> Self:
         enabled = set(self.probes.enabled()) | {"agent"}
+        if "rules" not in self.model_fields_set:
+            # The shipped rules follow the probes: disabling a probe drops its default
+            # rules rather than making the operator rewrite the rule list. (The model is
+            # frozen; this runs while it is being built.)
+            kept = tuple(r for r in self.rules if CATALOG[r.metric].probe in enabled)
+            object.__setattr__(self, "rules", kept)
+            return self
         for rule in self.rules:
             probe = CATALOG[rule.metric].probe
             if probe not in enabled:
