@@ -257,6 +257,23 @@ class NetworkProbeConfig(ProbeConfig):
         return _check_regex(value)
 
 
+class GpuProbeConfig(ProbeConfig):
+    """GPU probe (NVIDIA, through NVML; needs the ``gpu`` extra).
+
+    Enabled by default: on a host without an NVIDIA driver it disables itself with one
+    info line and emits nothing, so one configuration serves a mixed fleet.
+    """
+
+    xid_window: Duration = timedelta(minutes=10)
+
+    @field_validator("xid_window")
+    @classmethod
+    def _window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("xid_window must be at least 1s")
+        return value
+
+
 def _check_regex(value: str) -> str:
     try:
         re.compile(value)
@@ -288,6 +305,7 @@ class ProbesConfig(_Frozen):
     fds: ProbeConfig = _probe(30)
     clock: ProbeConfig = _probe(60)
     sensors: ProbeConfig = _probe(30)
+    gpu: GpuProbeConfig = Field(default_factory=GpuProbeConfig)
 
     def items(self) -> list[tuple[str, ProbeConfig]]:
         """(name, config) for every probe, in the catalog's order."""
@@ -485,6 +503,17 @@ def _default_rules() -> list[RuleConfig]:
     return [RuleConfig.model_validate(rule) for rule in data["rules"]]
 
 
+def _default_rules_for(validated: dict[str, Any]) -> tuple[RuleConfig, ...]:
+    # Default rules on a disabled probe are left out (`probes.gpu.enabled: false` must not
+    # need `rules:` too); a rule the operator wrote on a disabled probe is still an error.
+    probes = validated.get("probes")
+    rules = _default_rules()
+    if not isinstance(probes, ProbesConfig):
+        return tuple(rules)
+    enabled = set(probes.enabled()) | {"agent"}
+    return tuple(rule for rule in rules if CATALOG[rule.metric].probe in enabled)
+
+
 _config_data: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("_config_data")
 
 
@@ -507,7 +536,7 @@ class AgentSettings(BaseSettings):
     conditions: ConditionsConfig = Field(default_factory=ConditionsConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    rules: tuple[RuleConfig, ...] = Field(default_factory=lambda: tuple(_default_rules()))
+    rules: tuple[RuleConfig, ...] = Field(default_factory=_default_rules_for)
 
     @field_validator("rules")
     @classmethod

@@ -14,6 +14,7 @@ __all__ = [
     "DiskioProbe",
     "FdsProbe",
     "FilesystemProbe",
+    "GpuProbe",
     "LoadProbe",
     "MemoryProbe",
     "NetworkProbe",
@@ -36,6 +37,7 @@ from agent.probes.cpu import CpuProbe
 from agent.probes.diskio import DiskioProbe
 from agent.probes.fds import FdsProbe
 from agent.probes.filesystem import FilesystemProbe
+from agent.probes.gpu import GpuProbe
 from agent.probes.load import LoadProbe
 from agent.probes.memory import MemoryProbe
 from agent.probes.network import NetworkProbe
@@ -92,5 +94,8 @@ def build_probes(
         "fds": lambda: FdsProbe(proc=proc, **timing(config.fds)),
         "clock": lambda: ClockProbe(**timing(config.clock)),
         "sensors": lambda: SensorsProbe(**timing(config.sensors)),
+        "gpu": lambda: GpuProbe(
+            xid_window=config.gpu.xid_window.total_seconds(), **timing(config.gpu)
+        ),
     }
     return [factories[name]() for name in config.enabled()]
