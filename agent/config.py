@@ -503,17 +503,6 @@ def _default_rules() -> list[RuleConfig]:
     return [RuleConfig.model_validate(rule) for rule in data["rules"]]
 
 
-def _default_rules_for(validated: dict[str, Any]) -> tuple[RuleConfig, ...]:
-    # Default rules on a disabled probe are left out (`probes.gpu.enabled: false` must not
-    # need `rules:` too); a rule the operator wrote on a disabled probe is still an error.
-    probes = validated.get("probes")
-    rules = _default_rules()
-    if not isinstance(probes, ProbesConfig):
-        return tuple(rules)
-    enabled = set(probes.enabled()) | {"agent"}
-    return tuple(rule for rule in rules if CATALOG[rule.metric].probe in enabled)
-
-
 _config_data: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("_config_data")
 
 
@@ -536,7 +525,7 @@ class AgentSettings(BaseSettings):
     conditions: ConditionsConfig = Field(default_factory=ConditionsConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    rules: tuple[RuleConfig, ...] = Field(default_factory=_default_rules_for)
+    rules: tuple[RuleConfig, ...] = Field(default_factory=lambda: tuple(_default_rules()))
 
     @field_validator("rules")
     @classmethod
@@ -550,6 +539,10 @@ class AgentSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _rules_have_probes(self) -> Self:
+        if "rules" not in self.model_fields_set:
+            # The default set: a default rule on a disabled probe just never sees data
+            # (`probes.gpu.enabled: false` must not need a `rules:` list too).
+            return self
         enabled = set(self.probes.enabled()) | {"agent"}
         for rule in self.rules:
             probe = CATALOG[rule.metric].probe
