@@ -95,7 +95,7 @@ def build_probes(
         "clock": lambda: ClockProbe(**timing(config.clock)),
         "sensors": lambda: SensorsProbe(**timing(config.sensors)),
         "gpu": lambda: GpuProbe(
-            xid_window=config.gpu.xid_window.total_seconds(), **timing(config.gpu)
+            sys=sys, xid_window=config.gpu.xid_window.total_seconds(), **timing(config.gpu)
         ),
     }
     return [factories[name]() for name in config.enabled()]

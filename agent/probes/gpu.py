@@ -2,11 +2,11 @@
 the reasons the clocks are held down (throttling).
 
 The probe imports ``pynvml`` (the ``gpu`` extra) and starts NVML lazily, in its worker
-thread, on its first run. Where there is no NVIDIA driver (the package is not installed,
-``libnvidia-ml.so.1`` is not found, or the kernel module is not loaded) it disables itself
-with one info line and emits nothing from then on, so one configuration serves a mixed
-fleet. A driver that is there but does not start (a library/kernel version mismatch after
-an upgrade, no permission on ``/dev/nvidia*``) is a failing probe instead, tried again every
+thread, on its first run. On a host without NVIDIA GPUs or driver it disables itself with
+one info line and emits nothing from then on, so one configuration serves a mixed fleet.
+Where NVML does not start although an NVIDIA GPU sits on the PCI bus (the kernel module did
+not build for a new kernel, a library/kernel version mismatch after an upgrade,
+``/dev/nvidia*`` hidden or not permitted) the probe fails instead, and tries again every
 interval: that host needs attention.
 """
 
@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 from agent.errors import ProbeError
@@ -28,10 +29,8 @@ from agent.model import Sample
 from agent.probes.base import BlockingProbe, Clock
 from agent.probes.nvml import (
     CLOCK_EVENT_REASONS,
-    NVML_ERROR_DRIVER_NOT_LOADED,
     NVML_ERROR_FUNCTION_NOT_FOUND,
     NVML_ERROR_GPU_IS_LOST,
-    NVML_ERROR_LIBRARY_NOT_FOUND,
     NVML_ERROR_NOT_SUPPORTED,
     NVML_ERROR_TIMEOUT,
     NVML_EVENT_TYPE_XID_CRITICAL_ERROR,
@@ -40,14 +39,15 @@ from agent.probes.nvml import (
     NVML_TEMPERATURE_GPU,
     NVML_VOLATILE_ECC,
     Nvml,
+    NvmlAbsentError,
     error_code,
+    start_nvml,
 )
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_NO_DRIVER = frozenset({NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED})
 _MAX_EVENTS_PER_RUN = 1000
 """An XID storm is drained at most this many events per run; the rest wait for the next."""
 _KNOWN_REASON_BITS = sum(bit for bit, _ in CLOCK_EVENT_REASONS)
@@ -81,13 +81,6 @@ class _Gpu:
         return f"GPU {self.index} ({self.uuid})"
 
 
-def _import_pynvml() -> Nvml:
-    import pynvml
-
-    module: Nvml = pynvml
-    return module
-
-
 def _address(handle: object) -> int | None:
     # NVML hands out one handle per device for the whole session, and an event's
     # ``device`` is that same pointer: its address tells which GPU the event is about.
@@ -114,6 +107,8 @@ class GpuProbe(BlockingProbe):
             without persistence mode).
         xid_window: seconds ``nodemedic_gpu_xid_errors_recent`` looks back.
         nvml: the NVML module; None imports ``pynvml`` on the first run.
+        sys: where sysfs is mounted: the PCI bus tells a host without NVIDIA GPUs from
+            one whose driver is broken.
         clock: monotonic seconds.
 
     Raises:
@@ -127,6 +122,7 @@ class GpuProbe(BlockingProbe):
         timeout: float = 10.0,
         xid_window: float = 600.0,
         nvml: Nvml | None = None,
+        sys: Path = Path("/sys"),
         clock: Clock = time.monotonic,
     ) -> None:
         if xid_window <= 0:
@@ -134,6 +130,7 @@ class GpuProbe(BlockingProbe):
         super().__init__(name="gpu", interval=interval, timeout=timeout, clock=clock)
         self._xid_window = float(xid_window)
         self._nvml = nvml
+        self._sys = sys
         self._nvml_started = False
         self._disabled_reason: str | None = None
         self._gpus: list[_Gpu] = []
@@ -177,22 +174,11 @@ class GpuProbe(BlockingProbe):
     # -- starting and stopping -----------------------------------------------------------
 
     def _start(self) -> Nvml | None:
-        nvml = self._nvml
-        if nvml is None:
-            try:
-                nvml = _import_pynvml()
-            except ImportError:
-                self._disable(
-                    "the nvidia-ml-py package is not installed (pip install 'nodemedic[gpu]')"
-                )
-                return None
         try:
-            nvml.nvmlInit()
-        except nvml.NVMLError as err:
-            if error_code(err) in _NO_DRIVER:
-                self._disable(f"no NVIDIA driver on this host (NVML: {err})")
-                return None
-            raise ProbeError(f"probe gpu: NVML did not start: {err}") from err
+            nvml = start_nvml(self._nvml, sys=self._sys)
+        except NvmlAbsentError as err:
+            self._disable(str(err))
+            return None
         try:
             count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as err:
@@ -223,9 +209,9 @@ class GpuProbe(BlockingProbe):
         try:
             handle = nvml.nvmlDeviceGetHandleByIndex(gpu.index)
         except nvml.NVMLError as err:
-            self._failed(gpu.index, "handle", f"GPU {gpu.index}: cannot open it: {err}")
+            self._failed(gpu.index, gpu, "its handle", err)
             return False
-        self._recovered(gpu.index, "handle", f"GPU {gpu.index}: opened")
+        self._recovered(gpu.index, gpu, "its handle")
         gpu.handle = handle
         address = _address(handle)
         if address is not None:
@@ -272,9 +258,10 @@ class GpuProbe(BlockingProbe):
 
     def _read_all(self, nvml: Nvml, gpu: _Gpu, handle: object) -> list[Sample]:
         out: list[Sample] = []
+        labels = gpu.labels
 
         def add(metric: str, value: float, **extra: str) -> None:
-            out.append(Sample.of(metric, value, **gpu.labels, **extra))
+            out.append(Sample.of(metric, value, **labels, **extra))
 
         temperature = self._read(
             nvml,
@@ -328,9 +315,9 @@ class GpuProbe(BlockingProbe):
             if code == NVML_ERROR_GPU_IS_LOST:
                 raise _GpuLostError from err
             if code != NVML_ERROR_NOT_SUPPORTED:
-                self._failed(gpu.index, what, f"{gpu}: cannot read {what}: {err}; leaving it out")
+                self._failed(gpu.index, gpu, what, err)
             return None
-        self._recovered(gpu.index, what, f"{gpu}: {what} readable again")
+        self._recovered(gpu.index, gpu, what)
         return value
 
     def _reasons(self, nvml: Nvml, handle: object) -> int:
@@ -355,7 +342,7 @@ class GpuProbe(BlockingProbe):
                 event = nvml.nvmlEventSetWait(self._event_set, 0)
             except nvml.NVMLError as err:
                 if error_code(err) != NVML_ERROR_TIMEOUT:
-                    self._failed(_EVENTS, "xid", f"cannot read XID events: {err}")
+                    self._failed(_EVENTS, "all GPUs", "XID events", err)
                     return
                 break
             if not event.eventType & NVML_EVENT_TYPE_XID_CRITICAL_ERROR:
@@ -367,7 +354,7 @@ class GpuProbe(BlockingProbe):
             gpu.xid_total += 1
             gpu.xid_last = int(event.eventData)
             seen[gpu.index] = seen.get(gpu.index, 0) + 1
-        self._recovered(_EVENTS, "xid", "XID events readable again")
+        self._recovered(_EVENTS, "all GPUs", "XID events")
         for gpu in self._gpus:
             count = seen.get(gpu.index, 0)
             if count:
@@ -399,17 +386,15 @@ class GpuProbe(BlockingProbe):
                 log.warning("probe gpu: %s is lost (NVML_ERROR_GPU_IS_LOST)", gpu)
         gpu.up = up
 
-    def _failed(self, index: int, what: str, message: str) -> None:
-        key = (index, what)
-        if key not in self._failing:
-            self._failing.add(key)
-            log.warning("probe gpu: %s", message)
+    def _failed(self, index: int, subject: object, what: str, err: Exception) -> None:
+        if (index, what) not in self._failing:
+            self._failing.add((index, what))
+            log.warning("probe gpu: %s: cannot read %s: %s; leaving it out", subject, what, err)
 
-    def _recovered(self, index: int, what: str, message: str) -> None:
-        key = (index, what)
-        if key in self._failing:
-            self._failing.discard(key)
-            log.info("probe gpu: %s", message)
+    def _recovered(self, index: int, subject: object, what: str) -> None:
+        if (index, what) in self._failing:
+            self._failing.discard((index, what))
+            log.info("probe gpu: %s: %s readable again", subject, what)
 
 
 def _quietly(nvml: Nvml, call: Callable[[], object]) -> None:

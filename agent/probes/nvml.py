@@ -4,7 +4,7 @@
 ``nvidia-ml-py`` package, the ``gpu`` extra) satisfies it, and so does the tests'
 ``FakeNvml``. The constants are NVML's ABI values from ``nvml.h``; they are repeated here so
 that importing this module never needs the optional package (a test checks them against
-``pynvml``).
+``pynvml``). :func:`start_nvml` tells a host with nothing to watch from a broken one.
 """
 
 # The protocol repeats pynvml's camelCase names and parameters exactly.
@@ -28,11 +28,17 @@ __all__ = [
     "EventData",
     "MemoryInfo",
     "Nvml",
+    "NvmlAbsentError",
     "UtilizationRates",
     "error_code",
+    "nvidia_gpus_on_pci_bus",
+    "start_nvml",
 ]
 
+from pathlib import Path
 from typing import Protocol
+
+from agent.errors import ProbeError
 
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_DRIVER_NOT_LOADED = 9
@@ -203,3 +209,75 @@ def error_code(err: Exception) -> int | None:
     """The NVML return code an ``NVMLError`` carries (its ``value``), or None."""
     value = getattr(err, "value", None)
     return value if isinstance(value, int) else None
+
+
+class NvmlAbsentError(Exception):
+    """Raised when there is nothing for NVML to watch: no NVIDIA GPU or driver, or no pynvml.
+
+    Not a failure: the GPU probe disables itself with this message.
+    """
+
+
+_NO_DRIVER = frozenset({NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED})
+_NVIDIA_VENDOR = "0x10de"
+_DISPLAY_CLASS = "0x03"
+"""PCI class 03: display controllers (VGA and 3D); NVSwitches are bridges (06)."""
+
+
+def start_nvml(nvml: Nvml | None, *, sys: Path) -> Nvml:
+    """Import ``pynvml`` unless ``nvml`` is given, and initialise NVML.
+
+    Args:
+        nvml: the NVML module, or None to import ``pynvml``.
+        sys: where sysfs is mounted, to look for NVIDIA GPUs on the PCI bus.
+
+    Returns:
+        The initialised module; the caller owns one ``nvmlShutdown``.
+
+    Raises:
+        NvmlAbsentError: the package is not installed, or NVML finds no library or driver
+            and no NVIDIA GPU is on the PCI bus.
+        ProbeError: NVML does not start although it should: a GPU is on the PCI bus, or the
+            driver is there and fails (version mismatch, no permission).
+    """
+    if nvml is None:
+        try:
+            import pynvml
+        except ImportError:
+            present = nvidia_gpus_on_pci_bus(sys)
+            on_bus = f", though {present} NVIDIA GPU(s) are on the PCI bus" if present else ""
+            raise NvmlAbsentError(
+                f"the nvidia-ml-py package is not installed (pip install 'nodemedic[gpu]'){on_bus}"
+            ) from None
+        nvml = pynvml
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as err:
+        if error_code(err) not in _NO_DRIVER:
+            raise ProbeError(f"probe gpu: NVML did not start: {err}") from err
+        present = nvidia_gpus_on_pci_bus(sys)
+        if not present:
+            raise NvmlAbsentError(f"no NVIDIA GPU or driver on this host (NVML: {err})") from err
+        raise ProbeError(
+            f"probe gpu: {present} NVIDIA GPU(s) on the PCI bus but no driver answers "
+            f"(NVML: {err}); is the nvidia kernel module loaded, and /dev/nvidia* visible "
+            "to the agent (systemd's PrivateDevices=yes hides it)?"
+        ) from err
+    return nvml
+
+
+def nvidia_gpus_on_pci_bus(sys: Path) -> int:
+    """How many NVIDIA display controllers (GPUs) sysfs lists on the PCI bus."""
+    try:
+        devices = list((sys / "bus" / "pci" / "devices").iterdir())
+    except OSError:
+        return 0
+    found = 0
+    for device in devices:
+        try:
+            vendor = (device / "vendor").read_text(encoding="ascii").strip()
+            pci_class = (device / "class").read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        found += vendor == _NVIDIA_VENDOR and pci_class.startswith(_DISPLAY_CLASS)
+    return found

@@ -18,9 +18,21 @@ from __future__ import annotations
 import ctypes
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pynvml
+
+from agent.probes.nvml import nvidia_gpus_on_pci_bus
+
+
+def nvidia_host() -> bool:
+    """True where the real NVML has something to find: a driver, or an NVIDIA GPU."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return nvidia_gpus_on_pci_bus(Path("/sys")) > 0
+    return True
 
 
 @dataclass

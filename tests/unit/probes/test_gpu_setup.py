@@ -9,7 +9,6 @@ checked against.
 
 from __future__ import annotations
 
-import ctypes
 import inspect
 import logging
 import sys
@@ -26,25 +25,32 @@ from agent.probes.catalog import metrics_of
 from agent.probes.gpu import GpuProbe
 from agent.rules import ConditionTracker
 
-from .fake_nvml import FakeGpu, FakeNvml
-from .fakes import Closing
+from .fake_nvml import FakeGpu, FakeNvml, nvidia_host
+from .fakes import Closing, write_tree
 
 UUID0 = "GPU-5a3b1f6c-1111-2222-3333-444455556666"
 
 
-def _has_nvidia_driver() -> bool:
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return False
-    return True
+def pci_bus(root: Path, *devices: tuple[str, str]) -> Path:
+    """A sysfs tree whose PCI bus holds ``(vendor, class)`` devices; returns its root."""
+    for number, (vendor, pci_class) in enumerate(devices):
+        write_tree(
+            root / "bus" / "pci" / "devices" / f"0000:{number:02x}:00.0",
+            {"vendor": f"{vendor}\n", "class": f"{pci_class}\n"},
+        )
+    return root
+
+
+VIRTIO_NET = ("0x1af4", "0x020000")
+NVIDIA_H100 = ("0x10de", "0x030200")
+NVIDIA_NVSWITCH = ("0x10de", "0x068000")
 
 
 def _gpu_log(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
     return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "agent.probes.gpu"]
 
 
-@pytest.mark.skipif(_has_nvidia_driver(), reason="this host has an NVIDIA driver")
+@pytest.mark.skipif(nvidia_host(), reason="this host has an NVIDIA GPU or driver")
 @pytest.mark.asyncio
 async def test_real_pynvml_without_a_driver_disables_the_probe_with_one_info_line(
     closing: Closing, caplog: pytest.LogCaptureFixture
@@ -55,7 +61,7 @@ async def test_real_pynvml_without_a_driver_disables_the_probe_with_one_info_lin
         readings = [await probe.sample() for _ in range(3)]
 
     assert readings == [[], [], []]
-    reason = "no NVIDIA driver on this host (NVML: NVML Shared Library Not Found)"
+    reason = "no NVIDIA GPU or driver on this host (NVML: NVML Shared Library Not Found)"
     assert probe.disabled_reason == reason
     assert _gpu_log(caplog) == [(logging.INFO, f"probe gpu: disabled: {reason}")]
 
@@ -68,11 +74,12 @@ async def test_real_pynvml_without_a_driver_disables_the_probe_with_one_info_lin
     ],
 )
 @pytest.mark.asyncio
-async def test_no_driver_disables_the_probe_once_and_for_good(
-    code: int, shown: str, closing: Closing, caplog: pytest.LogCaptureFixture
+async def test_no_gpu_and_no_driver_disables_the_probe_once_and_for_good(
+    code: int, shown: str, tmp_path: Path, closing: Closing, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake = FakeNvml([FakeGpu(uuid=UUID0)], init_error=code)
-    probe = closing(GpuProbe(nvml=fake))
+    fake = FakeNvml([], init_error=code)
+    sys_tree = pci_bus(tmp_path, VIRTIO_NET, NVIDIA_NVSWITCH)  # a switch is no GPU
+    probe = closing(GpuProbe(nvml=fake, sys=sys_tree))
 
     with caplog.at_level(logging.DEBUG, logger="agent.probes.gpu"):
         readings = [await probe.sample() for _ in range(3)]
@@ -80,16 +87,19 @@ async def test_no_driver_disables_the_probe_once_and_for_good(
     assert readings == [[], [], []]
     assert fake.init_calls == 1
     assert _gpu_log(caplog) == [
-        (logging.INFO, f"probe gpu: disabled: no NVIDIA driver on this host (NVML: {shown})")
+        (logging.INFO, f"probe gpu: disabled: no NVIDIA GPU or driver on this host (NVML: {shown})")
     ]
 
 
 @pytest.mark.asyncio
 async def test_without_the_gpu_extra_the_probe_disables_itself(
-    closing: Closing, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    closing: Closing,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
-    probe = closing(GpuProbe())
+    probe = closing(GpuProbe(sys=pci_bus(tmp_path, NVIDIA_H100, NVIDIA_H100)))
 
     with caplog.at_level(logging.INFO, logger="agent.probes.gpu"):
         assert await probe.sample() == []
@@ -99,9 +109,36 @@ async def test_without_the_gpu_extra_the_probe_disables_itself(
         (
             logging.INFO,
             "probe gpu: disabled: the nvidia-ml-py package is not installed "
-            "(pip install 'nodemedic[gpu]')",
+            "(pip install 'nodemedic[gpu]'), though 2 NVIDIA GPU(s) are on the PCI bus",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, "NVML Shared Library Not Found"),
+        (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, "Driver Not Loaded"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_gpu_on_the_pci_bus_without_a_driver_fails_the_probe(
+    code: int, shown: str, tmp_path: Path, closing: Closing
+) -> None:
+    # The classic: a kernel upgrade, and the nvidia module did not build for it.
+    fake = FakeNvml([FakeGpu(uuid=UUID0)], init_error=code)
+    probe = closing(GpuProbe(nvml=fake, sys=pci_bus(tmp_path, VIRTIO_NET, NVIDIA_H100)))
+
+    for _ in range(2):
+        with pytest.raises(ProbeError) as caught:
+            await probe.sample()
+        assert str(caught.value) == (
+            f"probe gpu: 1 NVIDIA GPU(s) on the PCI bus but no driver answers (NVML: {shown}); "
+            "is the nvidia kernel module loaded, and /dev/nvidia* visible to the agent "
+            "(systemd's PrivateDevices=yes hides it)?"
+        )
+    assert probe.disabled_reason is None
+    assert fake.init_calls == 2
 
 
 @pytest.mark.asyncio
