@@ -224,6 +224,7 @@ async def _check(settings: AgentSettings) -> int:
     )
     rows: list[tuple[str, str, str, str]] = []
     failures: list[tuple[str, str]] = []
+    disabled: list[tuple[str, str]] = []
     now = time.time()
     up: list[Sample] = []
     try:
@@ -233,6 +234,12 @@ async def _check(settings: AgentSettings) -> int:
             except ProbeError as err:
                 failures.append((probe.name, str(err)))
                 up.append(Sample.of("nodemedic_probe_up", 0, probe=probe.name))
+                continue
+            # A probe whose source is absent on this host (the GPU probe without a driver)
+            # says why instead of showing an empty, healthy-looking reading.
+            reason = getattr(probe, "disabled_reason", None)
+            if isinstance(reason, str):
+                disabled.append((probe.name, reason))
                 continue
             up.append(Sample.of("nodemedic_probe_up", 1, probe=probe.name))
             tracker.observe({spec.name for spec in metrics_of(probe.name)}, samples, now)
@@ -254,6 +261,8 @@ async def _check(settings: AgentSettings) -> int:
         for s in up
     )
     _print_table(("METRIC", "LABELS", "VALUE", "UNIT"), rows)
+    for name, reason in disabled:
+        print(f"\nprobe {name} disabled: {reason}")
     for name, error in failures:
         print(f"\nprobe {name} FAILED: {error}")
     print()

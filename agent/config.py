@@ -286,6 +286,23 @@ class ProcessesProbeConfig(ProbeConfig):
         return groups
 
 
+class GpuProbeConfig(ProbeConfig):
+    """GPU probe (NVIDIA, through NVML; needs the ``gpu`` extra).
+
+    Enabled by default: on a host without an NVIDIA driver it disables itself with one
+    info line and emits nothing, so one configuration serves a mixed fleet.
+    """
+
+    xid_window: Duration = timedelta(minutes=10)
+
+    @field_validator("xid_window")
+    @classmethod
+    def _window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("xid_window must be at least 1s")
+        return value
+
+
 def _check_regex(value: str) -> str:
     try:
         re.compile(value)
@@ -318,6 +335,7 @@ class ProbesConfig(_Frozen):
     clock: ProbeConfig = _probe(60)
     sensors: ProbeConfig = _probe(30)
     processes: ProcessesProbeConfig = Field(default_factory=ProcessesProbeConfig)
+    gpu: GpuProbeConfig = Field(default_factory=GpuProbeConfig)
 
     def items(self) -> list[tuple[str, ProbeConfig]]:
         """(name, config) for every probe, in the catalog's order."""

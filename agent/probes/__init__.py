@@ -14,6 +14,7 @@ __all__ = [
     "DiskioProbe",
     "FdsProbe",
     "FilesystemProbe",
+    "GpuProbe",
     "LoadProbe",
     "MemoryProbe",
     "NetworkProbe",
@@ -37,6 +38,7 @@ from agent.probes.cpu import CpuProbe
 from agent.probes.diskio import DiskioProbe
 from agent.probes.fds import FdsProbe
 from agent.probes.filesystem import FilesystemProbe
+from agent.probes.gpu import GpuProbe
 from agent.probes.load import LoadProbe
 from agent.probes.memory import MemoryProbe
 from agent.probes.network import NetworkProbe
@@ -99,6 +101,9 @@ def build_probes(
             proc=proc,
             cgroup=sys / "fs" / "cgroup",
             **timing(config.processes),
+        ),
+        "gpu": lambda: GpuProbe(
+            sys=sys, xid_window=config.gpu.xid_window.total_seconds(), **timing(config.gpu)
         ),
     }
     return [factories[name]() for name in config.enabled()]

@@ -54,6 +54,7 @@ PROBE_NAMES: tuple[str, ...] = (
     "clock",
     "sensors",
     "processes",
+    "gpu",
 )
 
 G = MetricKind.GAUGE
@@ -61,6 +62,7 @@ C = MetricKind.COUNTER
 _FS = ("mountpoint", "device", "fstype")
 _PSI = ("resource",)
 _GROUP = ("group",)
+_GPU = ("gpu", "uuid", "name")
 
 _SPECS: tuple[MetricSpec, ...] = (
     # cpu
@@ -466,6 +468,90 @@ _SPECS: tuple[MetricSpec, ...] = (
         "seconds",
         _GROUP,
         "Age of the group's oldest process (absent while the group is empty).",
+    ),
+    # gpu (NVIDIA, through NVML)
+    MetricSpec("nodemedic_gpu_devices", "gpu", G, "", (), "NVIDIA GPUs NVML reports on this host."),
+    MetricSpec(
+        "nodemedic_gpu_up",
+        "gpu",
+        G,
+        "bool",
+        _GPU,
+        "1 while the GPU answers NVML, 0 when it is lost (fallen off the bus) or cannot be opened.",
+    ),
+    MetricSpec(
+        "nodemedic_gpu_temperature_celsius", "gpu", G, "celsius", _GPU, "GPU die temperature."
+    ),
+    MetricSpec(
+        "nodemedic_gpu_utilisation_ratio",
+        "gpu",
+        G,
+        "ratio",
+        _GPU,
+        "Share of the driver's last sample period in which a kernel ran on the GPU.",
+    ),
+    MetricSpec(
+        "nodemedic_gpu_memory_utilisation_ratio",
+        "gpu",
+        G,
+        "ratio",
+        _GPU,
+        "Share of the driver's last sample period in which device memory was read or written.",
+    ),
+    MetricSpec(
+        "nodemedic_gpu_memory_used_bytes", "gpu", G, "bytes", _GPU, "Device memory allocated."
+    ),
+    MetricSpec(
+        "nodemedic_gpu_memory_total_bytes", "gpu", G, "bytes", _GPU, "Device memory installed."
+    ),
+    MetricSpec("nodemedic_gpu_power_watts", "gpu", G, "watts", _GPU, "Board power draw."),
+    MetricSpec(
+        "nodemedic_gpu_ecc_corrected_errors_total",
+        "gpu",
+        C,
+        "",
+        _GPU,
+        "Corrected memory (ECC) errors since the driver loaded or the GPU was reset (volatile).",
+    ),
+    MetricSpec(
+        "nodemedic_gpu_ecc_uncorrected_errors_total",
+        "gpu",
+        C,
+        "",
+        _GPU,
+        "Uncorrected memory (ECC) errors since the driver loaded or the GPU was reset (volatile).",
+    ),
+    MetricSpec(
+        "nodemedic_gpu_xid_errors_total",
+        "gpu",
+        C,
+        "",
+        _GPU,
+        "XID errors the driver reported since the agent started.",
+    ),
+    MetricSpec(
+        "nodemedic_gpu_xid_errors_recent",
+        "gpu",
+        G,
+        "",
+        _GPU,
+        "XID errors the driver reported within probes.gpu.xid_window (default 10 minutes).",
+    ),
+    MetricSpec(
+        "nodemedic_gpu_xid_last_code",
+        "gpu",
+        G,
+        "",
+        _GPU,
+        "The code of the last XID error since the agent started (0: none).",
+    ),
+    MetricSpec(
+        "nodemedic_gpu_throttle_reason_active",
+        "gpu",
+        G,
+        "bool",
+        (*_GPU, "reason"),
+        "1 while the reason holds the GPU's clocks down (NVML clock event reasons).",
     ),
     # the agent's own health, usable by rules
     MetricSpec(
