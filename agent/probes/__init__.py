@@ -11,7 +11,9 @@ __all__ = [
     "BlockingProbe",
     "ClockProbe",
     "CpuProbe",
+    "CustomProbe",
     "DiskioProbe",
+    "EndpointsProbe",
     "FdsProbe",
     "FilesystemProbe",
     "LoadProbe",
@@ -33,7 +35,9 @@ from typing import TYPE_CHECKING, TypedDict
 from agent.probes.base import AnyProbe, BlockingProbe, Probe, ProbeEvent, ProbeUpdate, PushProbe
 from agent.probes.clock import ClockProbe
 from agent.probes.cpu import CpuProbe
+from agent.probes.custom import CustomProbe
 from agent.probes.diskio import DiskioProbe
+from agent.probes.endpoints import EndpointsProbe
 from agent.probes.fds import FdsProbe
 from agent.probes.filesystem import FilesystemProbe
 from agent.probes.load import LoadProbe
@@ -92,5 +96,7 @@ def build_probes(
         "fds": lambda: FdsProbe(proc=proc, **timing(config.fds)),
         "clock": lambda: ClockProbe(**timing(config.clock)),
         "sensors": lambda: SensorsProbe(**timing(config.sensors)),
+        "endpoints": lambda: EndpointsProbe.from_config(config.endpoints),
+        "custom": lambda: CustomProbe.from_config(config.custom),
     }
     return [factories[name]() for name in config.enabled()]
