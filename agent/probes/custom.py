@@ -272,8 +272,10 @@ async def _run_plugin(check: CustomCheck) -> _PluginRun:
     """Run the plugin under its timeout; kill its process group whatever happens."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + check.timeout
+    protocol = _PluginProtocol(loop)
     try:
-        proc = await asyncio.create_subprocess_exec(
+        transport, _ = await loop.subprocess_exec(
+            lambda: protocol,
             *check.command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -284,6 +286,7 @@ async def _run_plugin(check: CustomCheck) -> _PluginRun:
         )
     except OSError as err:
         return _PluginRun(error=f"cannot run {check.command[0]}: {err.strerror or err}")
+    proc = asyncio.subprocess.Process(transport, protocol, loop)
     out, err_out = _Capture(check.max_output), _Capture(_STDERR_CAP)
     readers = [
         asyncio.create_task(out.drain(proc.stdout), name=f"check:custom:{check.name}:stdout"),
@@ -293,7 +296,7 @@ async def _run_plugin(check: CustomCheck) -> _PluginRun:
     try:
         try:
             async with asyncio.timeout_at(deadline):
-                await proc.wait()
+                await asyncio.shield(protocol.exited)
         except TimeoutError:
             timed_out = True
         else:
@@ -314,6 +317,23 @@ async def _run_plugin(check: CustomCheck) -> _PluginRun:
         stderr=bytes(err_out.data),
         timed_out=timed_out,
     )
+
+
+class _PluginProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The standard stream protocol, plus a future set the moment the plugin exits.
+
+    ``Process.wait()`` also waits for the pipes to close, which a child the plugin left
+    behind can hold open for as long as it lives.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 def _kill_group(pgid: int) -> None:

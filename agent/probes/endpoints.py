@@ -17,6 +17,7 @@ __all__ = ["EndpointCheck", "EndpointsProbe"]
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import socket
 import ssl
@@ -314,6 +315,12 @@ def _fmt_expected(check: EndpointCheck) -> str:
 
 def _os_reason(err: BaseException) -> str:
     os_error = getattr(err, "os_error", err)
+    if (
+        isinstance(os_error, OSError)
+        and os_error.errno
+        and not isinstance(os_error, socket.gaierror)
+    ):
+        return os.strerror(os_error.errno)  # asyncio's own strerror is "Connect call failed"
     if isinstance(os_error, OSError) and os_error.strerror:
         return os_error.strerror
     return str(os_error) or type(os_error).__name__

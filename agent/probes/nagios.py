@@ -150,7 +150,7 @@ def _label(text: str, pos: int) -> tuple[str, int, str | None]:
 
 def _item(label: str, token: str) -> tuple[PerfValue | None, str | None]:
     if not label:
-        return None, f"{token[:40]!r}: empty label"
+        return None, f"{('=' + token)[:40]!r}: empty label"
     fields = token.split(";")
     if len(fields) > 5:
         return None, f"{label!r}: more than value;warn;crit;min;max"
