@@ -11,7 +11,9 @@ __all__ = [
     "BlockingProbe",
     "ClockProbe",
     "CpuProbe",
+    "CustomProbe",
     "DiskioProbe",
+    "EndpointsProbe",
     "FdsProbe",
     "FilesystemProbe",
     "GpuProbe",
@@ -35,7 +37,9 @@ from typing import TYPE_CHECKING, TypedDict
 from agent.probes.base import AnyProbe, BlockingProbe, Probe, ProbeEvent, ProbeUpdate, PushProbe
 from agent.probes.clock import ClockProbe
 from agent.probes.cpu import CpuProbe
+from agent.probes.custom import CustomProbe
 from agent.probes.diskio import DiskioProbe
+from agent.probes.endpoints import EndpointsProbe
 from agent.probes.fds import FdsProbe
 from agent.probes.filesystem import FilesystemProbe
 from agent.probes.gpu import GpuProbe
@@ -105,5 +109,7 @@ def build_probes(
         "gpu": lambda: GpuProbe(
             sys=sys, xid_window=config.gpu.xid_window.total_seconds(), **timing(config.gpu)
         ),
+        "endpoints": lambda: EndpointsProbe.from_config(config.endpoints),
+        "custom": lambda: CustomProbe.from_config(config.custom),
     }
     return [factories[name]() for name in config.enabled()]

@@ -55,6 +55,8 @@ PROBE_NAMES: tuple[str, ...] = (
     "sensors",
     "processes",
     "gpu",
+    "endpoints",
+    "custom",
 )
 
 G = MetricKind.GAUGE
@@ -552,6 +554,72 @@ _SPECS: tuple[MetricSpec, ...] = (
         "bool",
         (*_GPU, "reason"),
         "1 while the reason holds the GPU's clocks down (NVML clock event reasons).",
+    ),
+    # endpoints and custom checks
+    MetricSpec(
+        "nodemedic_endpoint_up",
+        "endpoints",
+        G,
+        "bool",
+        ("check",),
+        "1 when the endpoint check's last run succeeded (expected status and body, or connected).",
+    ),
+    MetricSpec(
+        "nodemedic_endpoint_latency_seconds",
+        "endpoints",
+        G,
+        "seconds",
+        ("check",),
+        "How long the endpoint check's last run took, whatever its result.",
+    ),
+    MetricSpec(
+        "nodemedic_endpoint_http_status",
+        "endpoints",
+        G,
+        "",
+        ("check",),
+        "HTTP status of the endpoint check's last response (absent when none arrived).",
+    ),
+    MetricSpec(
+        "nodemedic_endpoint_failure",
+        "endpoints",
+        G,
+        "bool",
+        ("check", "reason"),
+        "1 while the endpoint check is down, labelled with why: timeout, connect, dns, tls, "
+        "status, body, redirects, protocol or error.",
+    ),
+    MetricSpec(
+        "nodemedic_custom_check_status",
+        "custom",
+        G,
+        "",
+        ("check",),
+        "Nagios status of the custom check's last run: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    ),
+    MetricSpec(
+        "nodemedic_custom_check_perfdata",
+        "custom",
+        G,
+        "",
+        ("check", "label", "uom"),
+        "A performance value the custom check printed, as printed, in the unit uom.",
+    ),
+    MetricSpec(
+        "nodemedic_custom_check_duration_seconds",
+        "custom",
+        G,
+        "seconds",
+        ("check",),
+        "How long the custom check's last run took.",
+    ),
+    MetricSpec(
+        "nodemedic_custom_check_perfdata_errors_total",
+        "custom",
+        C,
+        "",
+        ("check",),
+        "Malformed performance data items the custom check printed and the agent ignored.",
     ),
     # the agent's own health, usable by rules
     MetricSpec(
