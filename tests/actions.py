@@ -17,12 +17,10 @@ class RecordingServices:
     """The engine's :class:`~remediations.actions.base.ActionServices`, recording emits."""
 
     node: str = "node-1"
-    protected_pids: frozenset[int] = field(
-        default_factory=lambda: frozenset({1, os.getpid()})
-    )
+    protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
     emitted: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
 
-    def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:  # noqa: A002 - the protocol's name
+    def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record the event."""
         self.emitted.append((type, subject, dict(data)))
 

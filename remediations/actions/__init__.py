@@ -1,1 +1,1 @@
-"""Remediation actions: one module per kind, each implementing :class:`~remediations.actions.base.Action`."""
+"""Remediation actions: one module per kind, each an :class:`~remediations.actions.base.Action`."""

@@ -95,11 +95,11 @@ async def run_command(
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
-    timeout: float,
+    time_limit: float,
     output_cap: int,
     cwd: str = "/",
 ) -> CommandOutcome:
-    """Run ``argv`` (``argv[0]`` an absolute path) with exactly ``env``, for at most ``timeout``.
+    """Run ``argv`` (``argv[0]`` an absolute path) with exactly ``env`` for ``time_limit`` seconds.
 
     Raises:
         OSError: when the program cannot be started (missing, not executable).
@@ -122,11 +122,11 @@ async def run_command(
     timed_out = False
     try:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(time_limit):
                 await proc.wait()
         except TimeoutError:
             timed_out = True
-            log.warning("%s: no exit within %.1fs, killing its process group", argv[0], timeout)
+            log.warning("%s: no exit in %.1fs, killing its process group", argv[0], time_limit)
         # The group outlives its leader while any member runs, so its id cannot be reused.
         leftovers = _kill_group(proc.pid)
         await proc.wait()
@@ -136,9 +136,7 @@ async def run_command(
         _kill_group(proc.pid)
         for reader in readers:
             reader.cancel()
-    outputs = [
-        reader.result() if reader not in pending else (b"", 0) for reader in readers
-    ]
+    outputs = [reader.result() if reader not in pending else (b"", 0) for reader in readers]
     (out, out_dropped), (err, err_dropped) = outputs
     return CommandOutcome(
         argv=tuple(argv),

@@ -123,20 +123,21 @@ def open_root(root: str) -> int:
     """Open directory ``root`` (absolute) refusing a symlink in any of its components.
 
     Raises:
-        OSError: with the offending component as ``filename``; ``ELOOP`` or ``ENOTDIR``
-            when it is a symlink or not a directory.
+        OSError: with the offending component as ``filename``; ``ELOOP`` when it is a
+            symlink, ``ENOTDIR`` when not a directory, ``EINVAL`` for a ``..``.
     """
+    parts = PurePosixPath(root).parts[1:]
+    if ".." in parts:
+        raise OSError(errno.EINVAL, "'..' is not allowed in a root", root)
     fd = os.open("/", _DIR_FLAGS)
-    walked = "/"
+    walked = PurePosixPath("/")
     try:
-        for part in PurePosixPath(root).parts[1:]:
-            walked = os.path.join(walked, part)
-            if part == "..":
-                raise OSError(errno.EINVAL, "'..' is not allowed in a root", walked)
+        for part in parts:
+            walked /= part
             try:
                 child = _open_dir(fd, part)
             except OSError as err:
-                raise OSError(err.errno, err.strerror, walked) from err
+                raise OSError(err.errno, err.strerror, str(walked)) from err
             os.close(fd)
             fd = child
     except BaseException:
@@ -147,84 +148,72 @@ def open_root(root: str) -> int:
 
 def list_files(root_fd: int, patterns: Sequence[re.Pattern[str]]) -> FileListing:
     """Every regular file beneath ``root_fd`` on its filesystem whose path matches a pattern."""
-    listing = FileListing()
-    root_dev = os.fstat(root_fd).st_dev
-    _walk(root_fd, "", root_dev, patterns, listing, depth=0)
-    return listing
+    walk = _Walk(os.fstat(root_fd).st_dev, patterns, FileListing())
+    walk.directory(root_fd, "", depth=0)
+    return walk.listing
 
 
-def _walk(
-    fd: int,
-    prefix: str,
-    root_dev: int,
-    patterns: Sequence[re.Pattern[str]],
-    listing: FileListing,
-    depth: int,
-) -> None:
-    for entry in _entries(fd, prefix, listing):
-        path = prefix + entry.name
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except OSError:
-            listing.passed_over[path] = "vanished"
-            continue
-        if stat.S_ISDIR(info.st_mode):
-            if depth + 1 >= _MAX_DEPTH:
-                listing.passed_over[path] = f"deeper than {_MAX_DEPTH} levels"
-            elif info.st_dev != root_dev:
-                listing.passed_over[path] = "another filesystem"
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    root_dev: int
+    patterns: Sequence[re.Pattern[str]]
+    listing: FileListing
+
+    def directory(self, fd: int, prefix: str, depth: int) -> None:
+        for entry in self._entries(fd, prefix):
+            path = prefix + entry.name
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                self.listing.passed_over[path] = "vanished"
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if depth + 1 >= _MAX_DEPTH:
+                    self.listing.passed_over[path] = f"deeper than {_MAX_DEPTH} levels"
+                elif info.st_dev != self.root_dev:
+                    self.listing.passed_over[path] = "another filesystem"
+                else:
+                    self._child(fd, entry.name, path, depth)
+            elif not any(pattern.fullmatch(path) for pattern in self.patterns):
+                continue
+            elif stat.S_ISLNK(info.st_mode):
+                self.listing.passed_over[path] = "a symlink"
+            elif not stat.S_ISREG(info.st_mode):
+                self.listing.passed_over[path] = "not a regular file"
             else:
-                _walk_child(fd, entry.name, path, root_dev, patterns, listing, depth)
-        elif not any(pattern.fullmatch(path) for pattern in patterns):
-            continue
-        elif stat.S_ISLNK(info.st_mode):
-            listing.passed_over[path] = "a symlink"
-        elif not stat.S_ISREG(info.st_mode):
-            listing.passed_over[path] = "not a regular file"
-        else:
-            listing.files.append(
-                ConfinedFile(
-                    path=path,
-                    dev=info.st_dev,
-                    ino=info.st_ino,
-                    size=info.st_size,
-                    allocated=info.st_blocks * 512,
-                    mtime=info.st_mtime,
-                    nlink=info.st_nlink,
+                self.listing.files.append(
+                    ConfinedFile(
+                        path=path,
+                        dev=info.st_dev,
+                        ino=info.st_ino,
+                        size=info.st_size,
+                        allocated=info.st_blocks * 512,
+                        mtime=info.st_mtime,
+                        nlink=info.st_nlink,
+                    )
                 )
-            )
 
+    def _entries(self, fd: int, prefix: str) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(fd) as entries:
+                yield from entries
+        except OSError as err:
+            self.listing.passed_over[prefix or "."] = f"unreadable: {err.strerror}"
 
-def _entries(fd: int, prefix: str, listing: FileListing) -> Iterator[os.DirEntry[str]]:
-    try:
-        with os.scandir(fd) as entries:
-            yield from entries
-    except OSError as err:
-        listing.passed_over[prefix or "."] = f"unreadable: {err.strerror}"
-
-
-def _walk_child(
-    fd: int,
-    name: str,
-    path: str,
-    root_dev: int,
-    patterns: Sequence[re.Pattern[str]],
-    listing: FileListing,
-    depth: int,
-) -> None:
-    try:
-        child = _open_dir(fd, name)
-    except OSError as err:
-        # It became a symlink (or vanished) since it was listed.
-        listing.passed_over[path] = f"not opened: {err.strerror}"
-        return
-    try:
-        if os.fstat(child).st_dev != root_dev:
-            listing.passed_over[path] = "another filesystem"
+    def _child(self, fd: int, name: str, path: str, depth: int) -> None:
+        try:
+            child = _open_dir(fd, name)
+        except OSError as err:
+            # It became a symlink (or vanished) since it was listed.
+            self.listing.passed_over[path] = f"not opened: {err.strerror}"
             return
-        _walk(child, path + "/", root_dev, patterns, listing, depth + 1)
-    finally:
-        os.close(child)
+        try:
+            if os.fstat(child).st_dev != self.root_dev:
+                self.listing.passed_over[path] = "another filesystem"
+                return
+            self.directory(child, path + "/", depth + 1)
+        finally:
+            os.close(child)
 
 
 def unlink_file(root_fd: int, file: ConfinedFile) -> str | None:

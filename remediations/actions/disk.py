@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from remediations.actions.confined import (
     open_root,
     unlink_file,
 )
-from remediations.actions.fields import absolute_path, params_as, positive
+from remediations.actions.fields import absolute_path, executable, params_as, positive
 
 __all__ = [
     "ACTIONS",
@@ -332,8 +331,6 @@ def _delete(fd: int, plan: CleanupPlan, params: DiskCleanupParams) -> ActionResu
     )
 
 
-
-
 class JournalVacuumParams(BaseModel):
     """Params of ``journal.vacuum``.
 
@@ -387,7 +384,7 @@ class JournalVacuumAction:
     async def precheck(self, ctx: ActionContext) -> None:
         """Refuse when journalctl is not an executable file."""
         program = params_as(ctx, JournalVacuumParams).journalctl
-        if not os.access(program, os.X_OK) or not os.path.isfile(program):
+        if not await asyncio.to_thread(executable, program):
             raise ActionError(f"journal.vacuum: {program} is not an executable file")
 
     async def apply(self, ctx: ActionContext) -> ActionResult:
@@ -400,7 +397,7 @@ class JournalVacuumAction:
         timeout = min(params.timeout.total_seconds(), ctx.timeout)
         try:
             outcome = await run_command(
-                argv, env={"LANG": "C.UTF-8"}, timeout=timeout, output_cap=16 * 1024
+                argv, env={"LANG": "C.UTF-8"}, time_limit=timeout, output_cap=16 * 1024
             )
         except OSError as err:
             raise ActionError(f"journal.vacuum: cannot run {argv[0]}: {err.strerror}") from err

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 __all__ = ["ACTIONS", "ExecAction", "ExecParams"]
 
+import asyncio
 import logging
 import os
 import re
 import shlex
-import stat
 from datetime import timedelta
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 from agent.config import Duration
 from remediations.actions.base import ActionContext, ActionError, ActionResult
 from remediations.actions.command import CommandOutcome, run_command, tail
-from remediations.actions.fields import absolute_path, params_as, positive
+from remediations.actions.fields import absolute_path, executable, params_as, positive
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,9 @@ class ExecAction:
         """Refuse a program that is missing, not a regular file or not executable."""
         params = params_as(ctx, ExecParams)
         program = params.argv[0]
-        try:
-            info = os.stat(program)
-        except OSError as err:
-            raise ActionError(f"exec: {program}: {err.strerror}") from err
-        if not stat.S_ISREG(info.st_mode) or not os.access(program, os.X_OK):
+        if not await asyncio.to_thread(executable, program):
             raise ActionError(f"exec: {program} is not an executable file")
-        if not os.path.isdir(params.cwd):
+        if not await asyncio.to_thread(Path(params.cwd).is_dir):
             raise ActionError(f"exec: working directory {params.cwd} does not exist")
 
     async def apply(self, ctx: ActionContext) -> ActionResult:
@@ -137,7 +134,11 @@ class ExecAction:
             )
         try:
             outcome = await run_command(
-                params.argv, env=env, timeout=timeout, output_cap=params.output_cap, cwd=params.cwd
+                params.argv,
+                env=env,
+                time_limit=timeout,
+                output_cap=params.output_cap,
+                cwd=params.cwd,
             )
         except OSError as err:
             raise ActionError(f"exec: cannot start {params.argv[0]}: {err.strerror}") from err

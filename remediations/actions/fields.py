@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["absolute_path", "params_as", "positive"]
+__all__ = ["absolute_path", "executable", "params_as", "positive"]
 
+import os
+import stat
 from datetime import timedelta
 from typing import TypeVar
 
@@ -47,3 +49,12 @@ def params_as(ctx: ActionContext, model: type[P]) -> P:
     if not isinstance(ctx.params, model):
         raise ActionError(f"params are {type(ctx.params).__name__}, expected {model.__name__}")
     return ctx.params
+
+
+def executable(path: str) -> bool:
+    """Whether ``path`` is a regular file this process may execute (blocking)."""
+    try:
+        mode = os.stat(path).st_mode  # noqa: PTH116 - one syscall, no Path object
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) and os.access(path, os.X_OK)

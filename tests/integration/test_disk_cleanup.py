@@ -1,4 +1,4 @@
-"""``disk.cleanup`` on a real loop-mounted ext4: it stops at the target and never leaves its root."""
+"""``disk.cleanup`` on a real loop-mounted ext4: stops at the target, never leaves its root."""
 
 from __future__ import annotations
 
@@ -35,9 +35,7 @@ def _free(path: Path) -> int:
 
 
 def _files(root: Path) -> set[str]:
-    return {
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()
-    }
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
 
 
 def _params(root: Path, free_target: int | str, **extra: object) -> DiskCleanupParams:
@@ -171,16 +169,14 @@ async def test_a_directory_swapped_for_a_symlink_after_listing_is_not_followed(
         "logs/app.8.log",
     ]
     skipped = result.details["skipped"]
-    assert skipped["logs/old/app.10.log"] == (
-        "directory 'old' not opened: a symlink, not followed"
-    )
+    assert skipped["logs/old/app.10.log"] == ("directory 'old' not opened: a symlink, not followed")
     assert skipped["logs/old/app.9.log"].startswith("directory 'old' not opened")
     assert skipped["logs/app.8.log"] == "replaced since it was listed"
     # It went on down the list to the next oldest files until the target.
     assert result.details["files"] == ["logs/app.7.log", "logs/app.6.log", "logs/app.5.log"]
     assert result.ok
-    assert sorted(os.listdir(victim)) == ["app.10.log", "app.9.log"]
-    assert sorted(os.listdir(tree / "old-moved")) == ["app.10.log", "app.9.log"]
+    assert sorted(p.name for p in victim.iterdir()) == ["app.10.log", "app.9.log"]
+    assert sorted(p.name for p in (tree / "old-moved").iterdir()) == ["app.10.log", "app.9.log"]
     assert (tree / "logs" / "app.8.log").is_symlink()
     assert (tree / "app.8.moved").stat().st_size == MIB
     assert _files(scratch_fs / "outside") == {
