@@ -70,16 +70,47 @@ def tail(text: str, *, lines: int = 10, chars: int = 2000) -> str:
     return kept[-chars:]
 
 
-async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, int]:
-    kept = bytearray()
-    dropped = 0
-    while chunk := await stream.read(_CHUNK):
-        kept += chunk
-        if len(kept) > cap:
-            excess = len(kept) - cap
-            dropped += excess
-            del kept[:excess]
-    return bytes(kept), dropped
+class _CappedPipe:
+    """The read end of a child's output pipe, read by the loop, keeping the last ``cap`` bytes.
+
+    The pipe is ours rather than asyncio's so that the process's exit can be awaited
+    apart from its output, and the pipe closed while a runaway grandchild still holds it.
+    """
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self._fd = fd
+        self._cap = cap
+        self.kept = bytearray()
+        self.dropped = 0
+        self._loop = asyncio.get_running_loop()
+        self.eof: asyncio.Future[None] = self._loop.create_future()
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self._fd, _CHUNK)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._loop.remove_reader(self._fd)
+            if not self.eof.done():
+                self.eof.set_result(None)
+            return
+        self.kept += chunk
+        if len(self.kept) > self._cap:
+            excess = len(self.kept) - self._cap
+            self.dropped += excess
+            del self.kept[:excess]
+
+    def close(self) -> None:
+        """Stop reading and close the read end."""
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+
+    def text(self) -> str:
+        """What was kept, decoded leniently."""
+        return self.kept.decode(errors="replace")
 
 
 def _kill_group(pgid: int) -> bool:
@@ -104,21 +135,35 @@ async def run_command(
     Raises:
         OSError: when the program cannot be started (missing, not executable).
     """
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env),
-        cwd=cwd,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None  # noqa: S101 - PIPE was asked for
-    assert proc.stderr is not None  # noqa: S101
-    readers = (
-        asyncio.create_task(_read_capped(proc.stdout, output_cap), name=f"stdout:{proc.pid}"),
-        asyncio.create_task(_read_capped(proc.stderr, output_cap), name=f"stderr:{proc.pid}"),
-    )
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    pipes = (_CappedPipe(out_read, output_cap), _CappedPipe(err_read, output_cap))
+    try:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=err_write,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        return await _supervise(proc, argv, pipes, time_limit)
+    finally:
+        for pipe in pipes:
+            pipe.close()
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process,
+    argv: Sequence[str],
+    pipes: tuple[_CappedPipe, _CappedPipe],
+    time_limit: float,
+) -> CommandOutcome:
     timed_out = False
     try:
         try:
@@ -130,21 +175,20 @@ async def run_command(
         # The group outlives its leader while any member runs, so its id cannot be reused.
         leftovers = _kill_group(proc.pid)
         await proc.wait()
-        _, pending = await asyncio.wait(readers, timeout=_DRAIN_SECONDS)
-    finally:
-        # Also on cancellation: kill the group and stop reading.
+        # A process that left the group (setsid) may hold the pipes: read only a moment.
+        await asyncio.wait([pipe.eof for pipe in pipes], timeout=_DRAIN_SECONDS)
+    except BaseException:
+        # Cancelled (the step's own timeout): no process of the group survives the step.
         _kill_group(proc.pid)
-        for reader in readers:
-            reader.cancel()
-    outputs = [reader.result() if reader not in pending else (b"", 0) for reader in readers]
-    (out, out_dropped), (err, err_dropped) = outputs
+        raise
+    out, err = pipes
     return CommandOutcome(
         argv=tuple(argv),
         returncode=None if timed_out else proc.returncode,
-        stdout=out.decode(errors="replace"),
-        stderr=err.decode(errors="replace"),
-        stdout_dropped=out_dropped,
-        stderr_dropped=err_dropped,
+        stdout=out.text(),
+        stderr=err.text(),
+        stdout_dropped=out.dropped,
+        stderr_dropped=err.dropped,
         timed_out=timed_out,
         leftovers_killed=leftovers and not timed_out,
     )

@@ -213,7 +213,7 @@ async def test_a_unit_match_signals_its_cgroup(
     assert _running(outside)
 
     gone = _params(match={"unit": "nodemedic-absent.service"})
-    with pytest.raises(ActionError, match="unit nodemedic-absent.service has no cgroup"):
+    with pytest.raises(ActionError, match=r"unit nodemedic-absent\.service has no cgroup"):
         await ProcessSignalAction().precheck(step(gone))
 
 
