@@ -19,9 +19,11 @@ from __future__ import annotations
 __all__ = ["ConfinedFile", "FileListing", "glob_regex", "list_files", "open_root", "unlink_file"]
 
 import errno
+import math
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -146,9 +148,14 @@ def open_root(root: str) -> int:
     return fd
 
 
-def list_files(root_fd: int, patterns: Sequence[re.Pattern[str]]) -> FileListing:
-    """Every regular file beneath ``root_fd`` on its filesystem whose path matches a pattern."""
-    walk = _Walk(os.fstat(root_fd).st_dev, patterns, FileListing())
+def list_files(
+    root_fd: int, patterns: Sequence[re.Pattern[str]], *, deadline: float = math.inf
+) -> FileListing:
+    """Every regular file beneath ``root_fd`` on its filesystem whose path matches a pattern.
+
+    Directories not reached by ``deadline`` (``time.monotonic()``) are passed over.
+    """
+    walk = _Walk(os.fstat(root_fd).st_dev, patterns, FileListing(), deadline)
     walk.directory(root_fd, "", depth=0)
     return walk.listing
 
@@ -158,8 +165,12 @@ class _Walk:
     root_dev: int
     patterns: Sequence[re.Pattern[str]]
     listing: FileListing
+    deadline: float
 
     def directory(self, fd: int, prefix: str, depth: int) -> None:
+        if time.monotonic() > self.deadline:
+            self.listing.passed_over[prefix or "."] = "not walked: out of time"
+            return
         for entry in self._entries(fd, prefix):
             path = prefix + entry.name
             try:

@@ -1,4 +1,4 @@
-"""``disk.cleanup`` (delete old files beneath a root until enough is free) and ``journal.vacuum``.
+"""``disk.cleanup``: delete old files beneath a root until enough space is free.
 
 ``disk.cleanup`` lists the regular files beneath ``root`` whose path matches one of
 ``globs`` and that are older than ``min_age``, and deletes them oldest first until the
@@ -7,9 +7,6 @@ per run. It never follows a symlink and never leaves its root or its filesystem 
 :mod:`remediations.actions.confined`), never deletes a directory or a special file, and
 skips hard-linked files (deleting one name frees nothing). In dry run it lists exactly
 the files, and the bytes, it would delete.
-
-``journal.vacuum`` runs ``journalctl --vacuum-size=`` / ``--vacuum-time=`` (no shell,
-under a timeout).
 """
 
 from __future__ import annotations
@@ -37,7 +34,6 @@ from pydantic import (
 
 from agent.config import Duration
 from remediations.actions.base import ActionContext, ActionError, ActionResult
-from remediations.actions.command import run_command, tail
 from remediations.actions.confined import (
     ConfinedFile,
     FileListing,
@@ -46,7 +42,7 @@ from remediations.actions.confined import (
     open_root,
     unlink_file,
 )
-from remediations.actions.fields import absolute_path, executable, params_as, positive
+from remediations.actions.fields import absolute_path, params_as
 
 __all__ = [
     "ACTIONS",
@@ -54,8 +50,6 @@ __all__ = [
     "DiskCleanupAction",
     "DiskCleanupParams",
     "FreeTarget",
-    "JournalVacuumAction",
-    "JournalVacuumParams",
 ]
 
 log = logging.getLogger(__name__)
@@ -192,7 +186,9 @@ class DiskCleanupAction:
     async def apply(self, ctx: ActionContext) -> ActionResult:
         """Delete the planned files (or, in dry run, list them)."""
         params = params_as(ctx, DiskCleanupParams)
-        return await asyncio.to_thread(self._apply, params, ctx.dry_run)
+        # A thread cannot be cancelled: it stops by itself a little before the step's timeout.
+        deadline = time.monotonic() + max(0.0, ctx.timeout * 0.9)
+        return await asyncio.to_thread(self._apply, params, ctx.dry_run, deadline)
 
     async def verify(self, ctx: ActionContext) -> ActionResult:
         """Whether the root's filesystem now has the target available."""
@@ -208,20 +204,21 @@ class DiskCleanupAction:
             details={"root": params.root, "free": free, "wanted": wanted},
         )
 
-    def _apply(self, params: DiskCleanupParams, dry_run: bool) -> ActionResult:
+    def _apply(self, params: DiskCleanupParams, dry_run: bool, deadline: float) -> ActionResult:
         fd = _open_root(params.root)
         try:
-            plan = self._plan(fd, params)
+            plan = self._plan(fd, params, deadline)
             if dry_run:
                 return _would_delete(plan)
             if self._on_planned is not None:
                 self._on_planned(plan)
-            return _delete(fd, plan, params)
+            return _delete(fd, plan, params, deadline)
         finally:
             os.close(fd)
 
-    def _plan(self, fd: int, params: DiskCleanupParams) -> CleanupPlan:
-        listing: FileListing = list_files(fd, [glob_regex(g) for g in params.globs])
+    def _plan(self, fd: int, params: DiskCleanupParams, deadline: float) -> CleanupPlan:
+        patterns = [glob_regex(g) for g in params.globs]
+        listing: FileListing = list_files(fd, patterns, deadline=deadline)
         newest = self._clock() - params.min_age.total_seconds()
         passed_over = dict(listing.passed_over)
         candidates: list[ConfinedFile] = []
@@ -289,13 +286,13 @@ def _would_delete(plan: CleanupPlan) -> ActionResult:
     )
 
 
-def _delete(fd: int, plan: CleanupPlan, params: DiskCleanupParams) -> ActionResult:
+def _delete(fd: int, plan: CleanupPlan, params: DiskCleanupParams, deadline: float) -> ActionResult:
     deleted: list[str] = []
     skipped: dict[str, str] = {}
     size = 0
     free, wanted = plan.free, plan.wanted
     for file in plan.candidates:
-        if free >= wanted or len(deleted) >= params.max_files:
+        if free >= wanted or len(deleted) >= params.max_files or time.monotonic() > deadline:
             break
         if params.max_bytes is not None and size + file.size > params.max_bytes:
             break
@@ -331,87 +328,4 @@ def _delete(fd: int, plan: CleanupPlan, params: DiskCleanupParams) -> ActionResu
     )
 
 
-class JournalVacuumParams(BaseModel):
-    """Params of ``journal.vacuum``.
-
-    Attributes:
-        max_size: ``--vacuum-size``: shrink archived journal files to this much in total.
-        max_age: ``--vacuum-time``: remove archived entries older than this.
-        journalctl: the program to run.
-        directory: ``--directory``: a journal directory other than the system's.
-        timeout: how long journalctl may take.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_size: ByteSize | None = None
-    max_age: Duration | None = None
-    journalctl: str = "/usr/bin/journalctl"
-    directory: str | None = None
-    timeout: Duration = timedelta(seconds=60)
-
-    _timeout_positive = field_validator("timeout")(positive)
-    _paths_absolute = field_validator("journalctl", "directory")(absolute_path)
-
-    @model_validator(mode="after")
-    def _something_to_do(self) -> JournalVacuumParams:
-        if self.max_size is None and self.max_age is None:
-            raise ValueError("give max_size, max_age or both")
-        if self.max_age is not None and self.max_age < timedelta(seconds=1):
-            raise ValueError("max_age must be at least 1s")
-        return self
-
-    def argv(self) -> list[str]:
-        """The journalctl command line."""
-        argv = [self.journalctl]
-        if self.directory is not None:
-            argv.append(f"--directory={self.directory}")
-        if self.max_size is not None:
-            argv.append(f"--vacuum-size={int(self.max_size)}")
-        if self.max_age is not None:
-            argv.append(f"--vacuum-time={int(self.max_age.total_seconds())}s")
-        return argv
-
-
-class JournalVacuumAction:
-    """Shrinks journald's archived files with ``journalctl --vacuum-*``."""
-
-    name: ClassVar[str] = "journal.vacuum"
-    disruptive: ClassVar[bool] = False
-    idempotent: ClassVar[bool] = True
-    Params: ClassVar[type[BaseModel]] = JournalVacuumParams
-
-    async def precheck(self, ctx: ActionContext) -> None:
-        """Refuse when journalctl is not an executable file."""
-        program = params_as(ctx, JournalVacuumParams).journalctl
-        if not await asyncio.to_thread(executable, program):
-            raise ActionError(f"journal.vacuum: {program} is not an executable file")
-
-    async def apply(self, ctx: ActionContext) -> ActionResult:
-        """Run the vacuum (or in dry run, say the command)."""
-        params = params_as(ctx, JournalVacuumParams)
-        argv = params.argv()
-        command = " ".join(argv)
-        if ctx.dry_run:
-            return ActionResult(ok=True, summary=f"would run {command}", details={"argv": argv})
-        timeout = min(params.timeout.total_seconds(), ctx.timeout)
-        try:
-            outcome = await run_command(
-                argv, env={"LANG": "C.UTF-8"}, time_limit=timeout, output_cap=16 * 1024
-            )
-        except OSError as err:
-            raise ActionError(f"journal.vacuum: cannot run {argv[0]}: {err.strerror}") from err
-        if outcome.returncode != 0:
-            ended = "timed out" if outcome.timed_out else f"exited with {outcome.returncode}"
-            raise ActionError(f"journal.vacuum: {command} {ended}: {tail(outcome.stderr)!r}")
-        # journalctl reports what it freed on stderr ("Vacuuming done, freed 0B ...").
-        report = tail(outcome.stderr + outcome.stdout, lines=1)
-        log.info("journal.vacuum: %s: %s", command, report)
-        return ActionResult(ok=True, summary=f"ran {command}: {report}", details=outcome.details())
-
-    async def verify(self, ctx: ActionContext) -> ActionResult:
-        """Nothing of its own to check: journalctl's exit status was the check."""
-        return ActionResult(ok=True, summary="journal.vacuum: journalctl's exit was its check")
-
-
-ACTIONS = (DiskCleanupAction, JournalVacuumAction)
+ACTIONS = (DiskCleanupAction,)

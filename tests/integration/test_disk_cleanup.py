@@ -186,3 +186,14 @@ async def test_a_directory_swapped_for_a_symlink_after_listing_is_not_followed(
         "victim/app.9.log",
         "victim/app.10.log",
     }
+
+
+async def test_a_step_out_of_time_stops_by_itself(tree: Path, scratch_fs: Path) -> None:
+    """The work runs in a thread the engine cannot cancel, so it watches the step's timeout."""
+    params = _params(tree, _free(scratch_fs) + 2 * MIB)
+    before = _files(tree)
+    result = await DiskCleanupAction().apply(step(params, timeout=0.0))
+    assert not result.ok
+    assert result.details["files"] == []
+    assert result.details["passed_over"] == {".": "not walked: out of time"}
+    assert _files(tree) == before

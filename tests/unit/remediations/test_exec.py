@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from remediations.actions.base import ActionError
-from remediations.actions.disk import JournalVacuumAction, JournalVacuumParams
 from remediations.actions.exec import ExecAction, ExecParams
+from remediations.actions.journald import JournalVacuumAction, JournalVacuumParams
 from remediations.actions.processes import ProcessTable
 from tests.actions import step
 
