@@ -161,7 +161,11 @@ class ProcessSignalAction:
         refs = self._signalled.pop(ctx.run_id, None)
         if refs is None:
             params = params_as(ctx, ProcessSignalParams)
-            refs = tuple(await asyncio.to_thread(self._find, params.match))
+            try:
+                refs = tuple(await asyncio.to_thread(self._find, params.match))
+            except ActionError as err:
+                # The pidfile or the unit's cgroup is gone with its processes.
+                return ActionResult(ok=True, summary=f"no process matches: {err}")
         remaining = [r for r in refs if self._table.alive(r)]
         return ActionResult(
             ok=not remaining,
@@ -194,7 +198,8 @@ class ProcessSignalAction:
             log.info(
                 "run %s: SIGKILL to %s after the grace", ctx.run_id, _pids(p.ref for p in killed)
             )
-            survivors = await _wait_exit(killed, max(0.0, ctx.timeout - grace))
+            # SIGKILL cannot be ignored, but exiting still takes a moment (memory to free).
+            survivors = await _wait_exit(killed, max(1.0, ctx.timeout - grace))
         details = {
             "signalled": [p.ref.pid for p in sent],
             "killed": [p.ref.pid for p in killed],

@@ -275,3 +275,11 @@ def test_bad_params_say_what_is_wrong(values: dict[str, object], message: str) -
 def test_match_describes_itself() -> None:
     match = ProcessMatch(name="nginx", user="www-data")
     assert match.describe() == "name=nginx user=www-data"
+
+
+@pytest.mark.asyncio
+async def test_verify_after_a_restart_counts_a_vanished_pidfile_as_done(tmp_path: Path) -> None:
+    params = _params(match={"pidfile": str(tmp_path / "gone.pid")})
+    verdict = await ProcessSignalAction().verify(step(params))
+    assert verdict.ok
+    assert "gone.pid: No such file" in verdict.summary
