@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config import Duration
+from agent.config_types import Duration
 from remediations.actions.base import ActionContext, ActionError, ActionResult
 from remediations.actions.confined import (
     ConfinedFile,

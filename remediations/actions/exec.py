@@ -23,7 +23,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
-from agent.config import Duration
+from agent.config_types import Duration
 from remediations.actions.base import ActionContext, ActionError, ActionResult
 from remediations.actions.command import CommandOutcome, run_command, tail
 from remediations.actions.fields import absolute_path, executable, params_as, positive

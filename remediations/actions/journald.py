@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ByteSize, ConfigDict, field_validator, model_validator
 
-from agent.config import Duration
+from agent.config_types import Duration
 from remediations.actions.base import ActionContext, ActionError, ActionResult
 from remediations.actions.command import run_command, tail
 from remediations.actions.fields import absolute_path, executable, params_as, positive

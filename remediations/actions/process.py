@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.config import Duration
+from agent.config_types import Duration
 from remediations.actions.base import ActionContext, ActionError, ActionResult
 from remediations.actions.fields import params_as
 from remediations.actions.processes import ProcessMatch, ProcessRef, ProcessTable
