@@ -39,7 +39,7 @@ class ProcessSignalParams(BaseModel):
     """Params of ``process.signal``.
 
     Attributes:
-        match: which processes (``name``, ``cmdline``, ``pidfile``, ``user``, ``unit``,
+        match: which processes (``comm``, ``cmdline``, ``pidfile``, ``user``, ``unit``,
             ``pids``; all given must hold).
         signal: the first signal, ``TERM`` by default.
         grace: how long they have to exit before ``SIGKILL``.

@@ -1,7 +1,8 @@
 """Finding the processes of a process group, as the process-groups probe matches them.
 
-A :class:`ProcessMatch` names processes by any of ``name``, ``cmdline``, ``pidfile``,
-``user``, ``unit`` or explicit ``pids``; given several, a process must satisfy them all.
+A :class:`ProcessMatch` names processes by any of ``comm``, ``cmdline``, ``pidfile``,
+``user``, ``unit`` (the keys of a ``processes`` probe group) or explicit ``pids``; given
+several, a process must satisfy them all.
 Each process found is a :class:`ProcessRef`: its PID *and* its start time (field 22 of
 ``/proc/PID/stat``), so a PID reused by a new process is never mistaken for it.
 Kernel threads and zombies are never matched. Reads only ``/proc`` and the cgroup tree,
@@ -32,7 +33,7 @@ class ProcessMatch(BaseModel):
     """Which processes: every criterion given must hold (at least one is required).
 
     Attributes:
-        name: the process name (``/proc/PID/comm``) or its program's base name.
+        comm: the process name (``/proc/PID/comm``) or its program's base name.
         cmdline: a regular expression searched in the command line (arguments joined
             by spaces).
         pidfile: an absolute path to a file holding one PID.
@@ -43,7 +44,7 @@ class ProcessMatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str | None = Field(default=None, min_length=1)
+    comm: str | None = Field(default=None, min_length=1)
     cmdline: str | None = Field(default=None, min_length=1)
     pidfile: str | None = None
     user: str | int | None = None
@@ -78,7 +79,7 @@ class ProcessMatch(BaseModel):
     @model_validator(mode="after")
     def _at_least_one(self) -> ProcessMatch:
         if all(getattr(self, key) is None for key in type(self).model_fields):
-            raise ValueError("give at least one of name, cmdline, pidfile, user, unit, pids")
+            raise ValueError("give at least one of comm, cmdline, pidfile, user, unit, pids")
         return self
 
     def describe(self) -> str:
@@ -197,10 +198,10 @@ class ProcessTable:
         try:
             if uid is not None and base.stat().st_uid != uid:
                 return None
-            if match.name is not None or pattern is not None:
+            if match.comm is not None or pattern is not None:
                 argv = (base / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
                 args = [arg.decode(errors="replace") for arg in argv]
-                if match.name is not None and match.name not in (
+                if match.comm is not None and match.comm not in (
                     fields.name,
                     Path(args[0]).name,
                 ):

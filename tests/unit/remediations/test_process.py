@@ -128,7 +128,7 @@ async def test_protected_processes_are_refused(children: Children, protected: st
 async def test_a_match_that_includes_the_agent_is_refused_whole(children: Children) -> None:
     child = children.start(EXITS_ON_TERM)
     # Both the test process and the child run this interpreter.
-    params = _params(match={"name": Path(sys.executable).name, "user": os.getuid()})
+    params = _params(match={"comm": Path(sys.executable).name, "user": os.getuid()})
     with pytest.raises(ActionError, match=rf"{os.getpid()} \("):
         await ProcessSignalAction().apply(step(params))
     assert _running(child)
@@ -250,7 +250,7 @@ def test_stat_lines_with_awkward_names_parse() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"match": {}}, "give at least one of name, cmdline, pidfile, user, unit, pids"),
+        ({"match": {}}, "give at least one of comm, cmdline, pidfile, user, unit, pids"),
         (
             {"match": {"cmdline": "("}},
             "match.cmdline\n  Value error, invalid regular expression '('",
@@ -258,12 +258,12 @@ def test_stat_lines_with_awkward_names_parse() -> None:
         ({"match": {"unit": "nginx"}}, "'nginx' is not a systemd unit name"),
         ({"match": {"pids": [0]}}, "PIDs are positive integers"),
         ({"match": {"pidfile": "run/x.pid"}}, "'run/x.pid' is not an absolute path"),
-        ({"match": {"name": "x", "exe": "/bin/x"}}, "match.exe\n  Extra inputs are not permitted"),
-        ({"match": {"name": "x"}, "signal": "USR1"}, "signal\n  Input should be 'TERM'"),
-        ({"match": {"name": "x"}, "grace": "-1s"}, "grace\n  Value error, invalid duration"),
-        ({"match": {"name": "x"}, "grace": "soon"}, "invalid duration 'soon'"),
-        ({"match": {"name": "x"}, "max_processes": 0}, "max_processes\n  Input should be greater"),
-        ({"name": "x"}, "match\n  Field required"),
+        ({"match": {"comm": "x", "exe": "/bin/x"}}, "match.exe\n  Extra inputs are not permitted"),
+        ({"match": {"comm": "x"}, "signal": "USR1"}, "signal\n  Input should be 'TERM'"),
+        ({"match": {"comm": "x"}, "grace": "-1s"}, "grace\n  Value error, invalid duration"),
+        ({"match": {"comm": "x"}, "grace": "soon"}, "invalid duration 'soon'"),
+        ({"match": {"comm": "x"}, "max_processes": 0}, "max_processes\n  Input should be greater"),
+        ({"comm": "x"}, "match\n  Field required"),
     ],
 )
 def test_bad_params_say_what_is_wrong(values: dict[str, object], message: str) -> None:
@@ -273,8 +273,8 @@ def test_bad_params_say_what_is_wrong(values: dict[str, object], message: str) -
 
 
 def test_match_describes_itself() -> None:
-    match = ProcessMatch(name="nginx", user="www-data")
-    assert match.describe() == "name=nginx user=www-data"
+    match = ProcessMatch(comm="nginx", user="www-data")
+    assert match.describe() == "comm=nginx user=www-data"
 
 
 @pytest.mark.asyncio
