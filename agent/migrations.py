@@ -97,7 +97,21 @@ def _m2_outbox(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES (?, 0)", (OUTBOX_SHED_KEY,))
 
 
-def _m3_remediation_journal(conn: sqlite3.Connection) -> None:
+def _m3_nonces(conn: sqlite3.Connection) -> None:
+    # One row per accepted remote command, kept until the command would have expired:
+    # after that the expiry check alone rejects a replay.
+    conn.execute(
+        "CREATE TABLE command_nonces ("
+        " key_id TEXT NOT NULL,"
+        " nonce TEXT NOT NULL,"
+        " expires_at REAL NOT NULL,"
+        " PRIMARY KEY (key_id, nonce)"
+        ") WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX command_nonces_by_expiry ON command_nonces (expires_at)")
+
+
+def _m4_remediation_journal(conn: sqlite3.Connection) -> None:
     # One row per run; its decisions and step attempts in their own append-only tables,
     # so "why did it act?" is answered from rows that are never rewritten.
     conn.execute(
@@ -157,9 +171,10 @@ def _m3_remediation_journal(conn: sqlite3.Connection) -> None:
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("event history, sequence counter and conditions", _m1_events_and_conditions),
     Migration("MQTT outbox and its shed counter", _m2_outbox),
+    Migration("remote command nonce cache", _m3_nonces),
     Migration(
         "remediation journal: runs, gate decisions, step attempts, switches",
-        _m3_remediation_journal,
+        _m4_remediation_journal,
     ),
 )
 """Every migration, oldest first; append only."""
