@@ -28,7 +28,9 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.exposition import gzip_accepted
 
+from agent.api_errors import RequestError
 from agent.api_runs import add_remediation_routes
+from agent.api_writes import WriteApi
 from agent.metrics import build_registry
 from agent.model import ConditionState
 from agent.view import AgentView, RemediationView
@@ -50,12 +52,17 @@ _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _ROUTES = ("/healthz", "/readyz", "/metrics", "/v1/conditions", "/v1/events", "/v1/probes")
 
 
-def create_app(view: AgentView, remediation: RemediationView | None = None) -> web.Application:
+def create_app(
+    view: AgentView,
+    writes: WriteApi | None = None,
+    remediation: RemediationView | None = None,
+) -> web.Application:
     """The aiohttp application serving ``view``.
 
     Args:
         view: the agent state to serve.
-        remediation: the remediation engine's view; adds ``/v1/runs`` and the pause switch.
+        writes: the write routes (commands, runs, pause), when remote control is set up.
+        remediation: the remediation engine's view; adds ``/v1/runs`` and the loopback pause.
 
     Returns:
         An application with every route, JSON errors and a 64 KiB body limit.
@@ -68,8 +75,10 @@ def create_app(view: AgentView, remediation: RemediationView | None = None) -> w
     app.router.add_get("/v1/conditions", routes.conditions)
     app.router.add_get("/v1/events", routes.events)
     app.router.add_get("/v1/probes", routes.probes)
+    if writes is not None:
+        writes.register(app)
     if remediation is not None:
-        add_remediation_routes(app, remediation, errors=_RequestError)
+        add_remediation_routes(app, remediation, errors=RequestError)
     app.on_response_prepare.append(_neutral_server_header)
     return app
 
@@ -79,6 +88,7 @@ class ApiServer:
 
     Args:
         view: the agent state to serve.
+        writes: the write routes, when remote control is set up.
         shutdown_timeout: seconds :meth:`stop` lets in-flight requests finish.
     """
 
@@ -86,12 +96,13 @@ class ApiServer:
         self,
         view: AgentView,
         *,
+        writes: WriteApi | None = None,
         remediation: RemediationView | None = None,
         shutdown_timeout: float = 2.0,
     ) -> None:
         if not shutdown_timeout > 0:
             raise ValueError(f"shutdown_timeout must be positive, got {shutdown_timeout!r}")
-        self._app = create_app(view, remediation)
+        self._app = create_app(view, writes, remediation)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._host = ""
@@ -153,16 +164,6 @@ class ApiServer:
         await runner.cleanup()
         log.info("HTTP API on %s stopped", self.url)
         self._port = None
-
-
-class _RequestError(Exception):
-    """A request the API refuses; the middleware turns it into a JSON error."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
 
 
 class _Routes:
@@ -247,14 +248,14 @@ def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     for name in request.query:
         if name not in allowed:
             accepts = ", ".join(allowed) if allowed else "no query parameters"
-            raise _RequestError(
+            raise RequestError(
                 400,
                 "unknown query parameter",
                 f"unknown query parameter {_shown(name)}; {request.path} accepts {accepts}",
             )
         values = request.query.getall(name)
         if len(values) > 1:
-            raise _RequestError(
+            raise RequestError(
                 400,
                 "invalid query parameter",
                 f"{name} was given {len(values)} times; give it at most once",
@@ -263,8 +264,8 @@ def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
-def _bad(detail: str) -> _RequestError:
-    return _RequestError(400, "invalid query parameter", detail)
+def _bad(detail: str) -> RequestError:
+    return RequestError(400, "invalid query parameter", detail)
 
 
 def _state(raw: str) -> ConditionState:
@@ -312,8 +313,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         await _check_body(request)
         return await handler(request)
-    except _RequestError as err:
-        return _error(err.status, err.error, err.detail)
+    except RequestError as err:
+        response = _error(err.status, err.error, err.detail)
+        response.headers.update(err.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -339,9 +342,9 @@ async def _check_body(request: web.Request) -> None:
         await request.read()
 
 
-def _too_large(length: int | None) -> _RequestError:
+def _too_large(length: int | None) -> RequestError:
     got = f", got {length}" if length is not None else ""
-    return _RequestError(
+    return RequestError(
         413,
         "request body too large",
         f"request bodies may be at most {MAX_BODY_BYTES} bytes{got}",
