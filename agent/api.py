@@ -29,10 +29,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.exposition import gzip_accepted
 
 from agent.api_errors import RequestError
+from agent.api_runs import add_remediation_routes
 from agent.api_writes import WriteApi
 from agent.metrics import build_registry
 from agent.model import ConditionState
-from agent.view import AgentView
+from agent.view import AgentView, RemediationView
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(f"{__name__}.access")
@@ -51,18 +52,23 @@ _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _ROUTES = ("/healthz", "/readyz", "/metrics", "/v1/conditions", "/v1/events", "/v1/probes")
 
 
-def create_app(view: AgentView, writes: WriteApi | None = None) -> web.Application:
+def create_app(
+    view: AgentView,
+    writes: WriteApi | None = None,
+    remediation: RemediationView | None = None,
+) -> web.Application:
     """The aiohttp application serving ``view``.
 
     Args:
         view: the agent state to serve.
         writes: the write routes (commands, runs, pause), when remote control is set up.
+        remediation: the remediation engine's view; adds ``/v1/runs`` and the loopback pause.
 
     Returns:
         An application with every route, JSON errors and a 64 KiB body limit.
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
-    routes = _Routes(view)
+    routes = _Routes(view, remediation)
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)
@@ -71,6 +77,8 @@ def create_app(view: AgentView, writes: WriteApi | None = None) -> web.Applicati
     app.router.add_get("/v1/probes", routes.probes)
     if writes is not None:
         writes.register(app)
+    if remediation is not None:
+        add_remediation_routes(app, remediation, errors=RequestError)
     app.on_response_prepare.append(_neutral_server_header)
     return app
 
@@ -85,11 +93,16 @@ class ApiServer:
     """
 
     def __init__(
-        self, view: AgentView, *, writes: WriteApi | None = None, shutdown_timeout: float = 2.0
+        self,
+        view: AgentView,
+        *,
+        writes: WriteApi | None = None,
+        remediation: RemediationView | None = None,
+        shutdown_timeout: float = 2.0,
     ) -> None:
         if not shutdown_timeout > 0:
             raise ValueError(f"shutdown_timeout must be positive, got {shutdown_timeout!r}")
-        self._app = create_app(view, writes)
+        self._app = create_app(view, writes, remediation)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._host = ""
@@ -156,9 +169,11 @@ class ApiServer:
 class _Routes:
     """The handlers, bound to one view."""
 
-    def __init__(self, view: AgentView) -> None:
+    def __init__(self, view: AgentView, remediation: RemediationView | None = None) -> None:
         self._view = view
         self._registry = build_registry(view)
+        if remediation is not None:
+            self._registry.register(remediation)
 
     async def healthz(self, request: web.Request) -> web.Response:
         """Liveness: answering at all is the signal."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.cli_remote import add_key_parsers, add_remote_parsers, run_keys, run_remote
+from agent.cli_why import check_playbooks, why
 from agent.config import AgentSettings, LogConfig, load_settings
 from agent.errors import ConfigError, ProbeError, StoreError
 from agent.logs import configure_logging
@@ -58,10 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for issue in err.issues:
             print(f"  {issue}", file=sys.stderr)
         return EX_CONFIG
+    if command == "why":
+        return why(settings, args.run_id)
+    playbooks = ""
+    if command in ("validate", "run") and settings.remediation.enabled:
+        loaded = check_playbooks(settings)
+        if loaded is None:
+            return EX_CONFIG
+        playbooks = f"; {loaded}"
     if command == "validate":
         print(
             f"{config_path or 'defaults'}: valid ({len(settings.rules)} rules, "
-            f"{len(settings.probes.enabled())} probes enabled)"
+            f"{len(settings.probes.enabled())} probes enabled){playbooks}"
         )
         return 0
     if command == "check":
@@ -89,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", "-c", type=Path, help=help_config)
+    text = "print a remediation run's decision record: every gate's answer and every step"
+    why_cmd = sub.add_parser("why", help=text, description=text)
+    why_cmd.add_argument("run_id", metavar="RUN_ID", help="the run's id (from events or /v1/runs)")
+    why_cmd.add_argument("--config", "-c", type=Path, help=help_config)
     events = sub.add_parser("events", help="follow events on the MQTT broker")
     events_sub = events.add_subparsers(dest="events_command", required=True, metavar="COMMAND")
     text = "subscribe to live events on the broker of mqtt.url and print one line per event"

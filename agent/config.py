@@ -30,6 +30,8 @@ __all__ = [
     "ProbesConfig",
     "ProcessGroupConfig",
     "ProcessesProbeConfig",
+    "RemediationConfig",
+    "RemediationWindow",
     "RuleConfig",
     "load_settings",
     "parse_duration",
@@ -41,9 +43,11 @@ import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
+from datetime import time as dt_time
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -743,6 +747,60 @@ class RuleConfig(_Frozen):
         return self
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class RemediationWindow(_Frozen):
+    """A weekly time range in a time zone.
+
+    ``blackout``: nothing remediates inside it. ``maintenance``: once any maintenance
+    window is configured, disruptive playbooks run only inside one. A range whose end
+    is before its start runs past midnight into the next day.
+    """
+
+    name: str = Field(min_length=1)
+    kind: Literal["maintenance", "blackout"]
+    days: tuple[Weekday, ...] = _WEEKDAYS
+    start: dt_time = dt_time(0, 0)
+    end: dt_time = dt_time(23, 59, 59)
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin or UTC"
+            ) from err
+        return value
+
+
+class RemediationConfig(_Frozen):
+    """The remediation engine: where playbooks come from and the host-wide safety limits."""
+
+    enabled: bool = True
+    playbooks_dir: Path | None = None
+    builtin_playbooks: bool = True
+    action_modules: tuple[str, ...] = ()
+    pause_file: Path = Path("/etc/nodemedic/pause")
+    windows: tuple[RemediationWindow, ...] = ()
+    protected_targets: tuple[str, ...] = ()
+    allowlist: tuple[str, ...] = ()
+    storm_threshold: int = Field(default=10, ge=1)
+    max_runs_kept: int = Field(default=10_000, ge=100)
+
+    @field_validator("action_modules")
+    @classmethod
+    def _module_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name) is None:
+                raise ValueError(f"{name!r} is not a Python module name such as site.actions")
+        return value
+
+
 def _default_rules() -> list[RuleConfig]:
     data = yaml.safe_load(DEFAULT_RULES_FILE.read_text(encoding="utf-8"))
     return [RuleConfig.model_validate(rule) for rule in data["rules"]]
@@ -771,6 +829,7 @@ class AgentSettings(BaseSettings):
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
+    remediation: RemediationConfig = Field(default_factory=RemediationConfig)
     rules: tuple[RuleConfig, ...] = Field(default_factory=lambda: tuple(_default_rules()))
 
     @field_validator("rules")

@@ -111,10 +111,71 @@ def _m3_nonces(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX command_nonces_by_expiry ON command_nonces (expires_at)")
 
 
+def _m4_remediation_journal(conn: sqlite3.Connection) -> None:
+    # One row per run; its decisions and step attempts in their own append-only tables,
+    # so "why did it act?" is answered from rows that are never rewritten.
+    conn.execute(
+        "CREATE TABLE runs ("
+        " id TEXT PRIMARY KEY,"
+        " playbook TEXT NOT NULL,"
+        " target TEXT NOT NULL,"
+        " source TEXT NOT NULL,"
+        " mode TEXT NOT NULL,"
+        " disruptive INTEGER NOT NULL,"
+        " state TEXT NOT NULL,"
+        " step INTEGER,"
+        " would_run INTEGER NOT NULL DEFAULT 0,"
+        " gate TEXT,"
+        " reason TEXT NOT NULL DEFAULT '',"
+        " trigger TEXT NOT NULL,"
+        " requested REAL NOT NULL,"
+        " started REAL,"
+        " finished REAL,"
+        " updated REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX runs_by_playbook ON runs (playbook, requested)")
+    conn.execute("CREATE INDEX runs_by_state ON runs (state)")
+    conn.execute(
+        "CREATE TABLE run_decisions ("
+        " run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,"
+        " seq INTEGER NOT NULL,"
+        " time REAL NOT NULL,"
+        " phase TEXT NOT NULL,"
+        " gate TEXT NOT NULL,"
+        " allowed INTEGER NOT NULL,"
+        " reason TEXT NOT NULL,"
+        " PRIMARY KEY (run_id, seq)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE run_steps ("
+        " run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,"
+        " seq INTEGER NOT NULL,"
+        " phase TEXT NOT NULL,"
+        " step INTEGER NOT NULL,"
+        " attempt INTEGER NOT NULL,"
+        " action TEXT NOT NULL,"
+        " state TEXT NOT NULL,"
+        " started REAL NOT NULL,"
+        " finished REAL,"
+        " summary TEXT NOT NULL DEFAULT '',"
+        " details TEXT NOT NULL DEFAULT '{}',"
+        " PRIMARY KEY (run_id, seq)) WITHOUT ROWID"
+    )
+    # Switches and markers that are not runs: the API pause, manual breaker resets and
+    # loop-guard trips (JSON values).
+    conn.execute(
+        "CREATE TABLE remediation_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("event history, sequence counter and conditions", _m1_events_and_conditions),
     Migration("MQTT outbox and its shed counter", _m2_outbox),
     Migration("remote command nonce cache", _m3_nonces),
+    Migration(
+        "remediation journal: runs, gate decisions, step attempts, switches",
+        _m4_remediation_journal,
+    ),
 )
 """Every migration, oldest first; append only."""
 

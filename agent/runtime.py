@@ -49,6 +49,7 @@ from agent.store import OutboxLimits, Store
 
 if TYPE_CHECKING:
     from agent.mqtt import MqttPublisher
+    from remediations.service import RemediationService
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Agent:
         self.source = f"nodemedic://{settings.node.name}"
         self._outbox = settings.mqtt.enabled
         self._mqtt: MqttPublisher | None = None
+        self._remediation: RemediationService | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -154,6 +156,12 @@ class Agent:
                     group.create_task(self._wait_for_stop(), name="stop")
                     if self._outbox:
                         group.create_task(self._agent_samples(), name="agent-samples")
+                    if self._remediation is not None:
+                        triggers = self._bus.subscribe("remediation", lossless=True)
+                        self._remediation.reconcile()
+                        group.create_task(
+                            self._remediation.engine.consume(triggers), name="remediation"
+                        )
                     self._check_ready()  # with no probe enabled there is nothing to wait for
             except* _StopRequestedError:
                 pass
@@ -189,6 +197,30 @@ class Agent:
             firing = sum(1 for c in restored if c.state is ConditionState.FIRING)
             log.info("restored %d conditions (%d firing)", len(restored), firing)
         self._apply(self._tracker.retire_removed(self._clock()))
+        self._open_remediation()
+
+    def _open_remediation(self) -> None:
+        """Compose the remediation engine over the store (playbooks were validated at start)."""
+        if not self.settings.remediation.enabled or self._store is None:
+            return
+        from remediations.service import RemediationService, load_library
+
+        actions, library = load_library(self.settings)
+        self._remediation = RemediationService(
+            self.settings,
+            store=self._store,
+            conditions=self.conditions,
+            emit=lambda type_, subject, data: self._emit(type_, subject=subject, data=data),
+            actions=actions,
+            library=library,
+            clock=self._clock,
+        )
+        log.info(
+            "remediation: %d playbooks (%s), %d dormant",
+            len(library.playbooks),
+            ", ".join(f"{n}:{p.mode.value}" for n, p in sorted(library.playbooks.items())),
+            len(library.dormant),
+        )
 
     def _start_mqtt(self) -> None:
         if not self._outbox or self._store is None:
@@ -208,7 +240,7 @@ class Agent:
         api = self.settings.api
         if not api.enabled:
             return
-        self._api = ApiServer(self)
+        self._api = ApiServer(self, remediation=self._remediation)
         await self._api.start(api.host, api.port)
 
     async def _wait_for_stop(self) -> None:
@@ -219,6 +251,8 @@ class Agent:
         self._notifier.notify("STOPPING=1")
         log.info("stopping")
         try:
+            if self._remediation is not None:
+                await self._remediation.engine.aclose(grace=SHUTDOWN_GRACE)
             if self._store is not None and self._tracker is not None:
                 self._emit("io.nodemedic.agent.stopping", subject=self.settings.node.name, data={})
                 self._save_conditions()

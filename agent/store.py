@@ -388,6 +388,29 @@ class Store:
         )
         return [condition_from_row(row) for row in rows]
 
+    # feature tables (the remediation journal): raw SQL through the store's error policy
+
+    @contextmanager
+    def transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT) for a feature's own tables.
+
+        Args:
+            action: what is being done, for the error message (``record a run in``).
+
+        Raises:
+            StoreError: naming the file and what to do when SQLite fails; rolled back.
+        """
+        with self._transaction(action) as conn:
+            yield conn
+
+    def query(self, action: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows of one read-only statement.
+
+        Raises:
+            StoreError: naming the file and what to do when SQLite fails.
+        """
+        return self._read(action, sql, params)
+
     # metrics
 
     def stats(self) -> StoreStats:

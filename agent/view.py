@@ -6,10 +6,12 @@ only on this protocol, so tests drive them with a small in-memory view.
 
 from __future__ import annotations
 
-__all__ = ["AgentView"]
+__all__ = ["AgentView", "RemediationView"]
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from prometheus_client.metrics_core import Metric
 
 from agent.model import Condition, Event, MqttStatus, ProbeStatus, Sample
 
@@ -59,4 +61,32 @@ class AgentView(Protocol):
 
     def loop_lag(self) -> float:
         """Last measured event-loop lag in seconds."""
+        ...
+
+
+class RemediationView(Protocol):
+    """What the API reads and switches of the remediation engine (JSON-ready values)."""
+
+    def runs(self, *, limit: int, playbook: str | None = None) -> list[dict[str, Any]]:
+        """The newest runs, newest first."""
+        ...
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """A run's whole decision record, or None."""
+        ...
+
+    def pause_state(self) -> dict[str, Any]:
+        """``{"paused": bool, "reason": str | None}``."""
+        ...
+
+    def set_paused(self, paused: bool, *, by: str, reason: str) -> dict[str, Any]:
+        """Flip the API pause switch; returns the new state."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Pause state, playbooks with their mode and breaker, runs in flight."""
+        ...
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus families of the remediation engine."""
         ...

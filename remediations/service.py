@@ -1,0 +1,189 @@
+"""The remediation engine as the runtime composes it: built from the settings, read by the API.
+
+:func:`load_library` loads the actions and playbooks a configuration names (``nodemedic
+validate`` and the runtime share it). :class:`RemediationService` owns the journal and
+engine over the agent's store and serves what the API, the metrics and remote commands
+read or switch: runs, the decision record, the pause switch, breakers.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RemediationRequestError", "RemediationService", "load_library"]
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from agent.config import AgentSettings
+from agent.model import Condition
+from agent.store import Store
+from remediations.action_catalog import available_actions
+from remediations.actions.base import Action
+from remediations.engine import RemediationEngine, RemediationRequestError
+from remediations.execution import Emit
+from remediations.journal import Journal
+from remediations.library import BUILTIN_DIR, PlaybookLibrary, load_playbooks
+from remediations.recovery import reconcile
+
+
+def load_library(settings: AgentSettings) -> tuple[dict[str, type[Action]], PlaybookLibrary]:
+    """The actions and validated playbooks of a configuration.
+
+    Raises:
+        ActionCatalogError: an action module cannot be used.
+        PlaybookError: a playbook is invalid (each issue names its file and field).
+    """
+    config = settings.remediation
+    actions = available_actions(config.action_modules)
+    library = load_playbooks(
+        config.playbooks_dir,
+        actions=actions,
+        rules=[rule.name for rule in settings.rules],
+        builtin_dir=BUILTIN_DIR if config.builtin_playbooks else None,
+    )
+    return actions, library
+
+
+@dataclass(slots=True)
+class _Services:
+    """What actions act through (:class:`remediations.actions.base.ActionServices`)."""
+
+    node: str
+    emit_event: Emit
+    protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
+
+    def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
+        """Record an event."""
+        self.emit_event(type, subject, data)
+
+
+class RemediationService:
+    """The engine over the agent's store, plus the views the API and metrics read.
+
+    Args:
+        settings: the agent's settings.
+        store: the open store (the journal lives in it).
+        conditions: returns the current conditions.
+        emit: records an event.
+        actions: action classes by name (from :func:`load_library`).
+        library: the loaded playbooks.
+        clock: epoch seconds.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        store: Store,
+        conditions: Callable[[], Sequence[Condition]],
+        emit: Emit,
+        actions: Mapping[str, type[Action]],
+        library: PlaybookLibrary,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._actions = dict(actions)
+        self.engine = RemediationEngine(
+            library=library,
+            actions=actions,
+            journal=Journal(store, max_runs=settings.remediation.max_runs_kept),
+            config=settings.remediation,
+            conditions=conditions,
+            emit=emit,
+            services=_Services(node=settings.node.name, emit_event=emit),
+            clock=clock,
+        )
+
+    def reconcile(self) -> int:
+        """Settle runs a crash left unfinished; call once the loop runs."""
+        return reconcile(self.engine, self._actions)
+
+    # API view
+
+    def runs(self, *, limit: int, playbook: str | None = None) -> list[dict[str, Any]]:
+        """The newest runs, newest first."""
+        return self.engine.journal.recent(limit=limit, playbook=playbook)
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """A run's decision record, or None."""
+        return self.engine.journal.describe(run_id)
+
+    def pause_state(self) -> dict[str, Any]:
+        """Whether remediation is paused and why."""
+        reason = self.engine.paused()
+        return {"paused": reason is not None, "reason": reason}
+
+    def set_paused(self, paused: bool, *, by: str, reason: str) -> dict[str, Any]:
+        """Flip the API pause switch; returns the new state."""
+        self.engine.set_paused(paused, by=by, reason=reason)
+        return self.pause_state()
+
+    def reset_breaker(self, playbook: str, *, by: str) -> None:
+        """Close a playbook's breaker by hand.
+
+        Raises:
+            RemediationRequestError: no such playbook.
+        """
+        self.engine.reset_breaker(playbook, by=by)
+
+    def request(self, playbook: str, target: str | None, *, source: str) -> str:
+        """Request a run (remote or manual); returns its id.
+
+        Raises:
+            RemediationRequestError: unknown playbook, not remote-triggerable, no target.
+        """
+        return self.engine.request(playbook, target, source=source).run_id
+
+    def status(self) -> dict[str, Any]:
+        """Pause state, playbooks with mode and breaker, runs in flight."""
+        library = self.engine.library
+        return {
+            **self.pause_state(),
+            "in_flight": self.engine.in_flight,
+            "playbooks": {
+                name: {
+                    "mode": playbook.mode.value,
+                    "breaker": self.engine.breaker(playbook).state.value,
+                    "source": library.sources.get(name),
+                }
+                for name, playbook in sorted(library.playbooks.items())
+            },
+            "dormant": dict(library.dormant),
+        }
+
+    # metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """Runs by playbook and outcome, would-run counts, breaker states."""
+        runs = CounterMetricFamily(
+            "nodemedic_remediation_runs",
+            "Remediation runs in the journal by playbook and state (outcome).",
+            labels=["playbook", "state"],
+        )
+        for (playbook, state), count in sorted(self.engine.journal.outcomes().items()):
+            runs.add_metric([playbook, state], count)
+        yield runs
+        would = CounterMetricFamily(
+            "nodemedic_remediation_would_runs",
+            "Observe-mode runs that passed every gate and were recorded, not executed.",
+            labels=["playbook"],
+        )
+        for playbook, count in sorted(self.engine.journal.would_runs().items()):
+            would.add_metric([playbook], count)
+        yield would
+        breaker = GaugeMetricFamily(
+            "nodemedic_remediation_breaker_state",
+            "Circuit breaker per playbook: 0 closed, 0.5 half-open, 1 open.",
+            labels=["playbook"],
+        )
+        for name, book in sorted(self.engine.library.playbooks.items()):
+            breaker.add_metric([name], self.engine.breaker(book).state.gauge)
+        yield breaker
+        paused = 1.0 if self.engine.paused() is not None else 0.0
+        yield GaugeMetricFamily(
+            "nodemedic_remediation_paused", "1 while remediation is paused.", value=paused
+        )
