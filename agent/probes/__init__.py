@@ -23,6 +23,7 @@ __all__ = [
     "ProbeUpdate",
     "PushProbe",
     "SensorsProbe",
+    "UnitsProbe",
     "build_probes",
 ]
 
@@ -41,6 +42,7 @@ from agent.probes.memory import MemoryProbe
 from agent.probes.network import NetworkProbe
 from agent.probes.pressure import PressureProbe
 from agent.probes.sensors import SensorsProbe
+from agent.probes.units import UnitsProbe
 
 if TYPE_CHECKING:
     # agent.config imports agent.probes.catalog, so importing it here at run time
@@ -92,5 +94,11 @@ def build_probes(
         "fds": lambda: FdsProbe(proc=proc, **timing(config.fds)),
         "clock": lambda: ClockProbe(**timing(config.clock)),
         "sensors": lambda: SensorsProbe(**timing(config.sensors)),
+        "units": lambda: UnitsProbe(
+            units=config.units.units,
+            restart_window=config.units.restart_window.total_seconds(),
+            bus_address=config.units.bus,
+            **timing(config.units),
+        ),
     }
     return [factories[name]() for name in config.enabled()]
