@@ -24,7 +24,7 @@ import collections
 import fnmatch
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 
 from agent.backoff import Backoff
@@ -100,11 +100,15 @@ class UnitsProbe:
         """Stop watching; the current :meth:`watch` ends at its next wake-up."""
         self._closed = True
 
+    def state(self, unit: str) -> UnitState | None:
+        """What the probe last learnt about ``unit``, or None when it does not watch it."""
+        return self._states.get(unit)
+
     def watches(self, unit: str) -> bool:
         """Whether ``unit`` matches one of the configured names or globs."""
         return any(fnmatch.fnmatchcase(unit, pattern) for pattern in self.patterns)
 
-    async def watch(self) -> AsyncIterator[ProbeUpdate]:
+    async def watch(self) -> AsyncGenerator[ProbeUpdate, None]:
         """Yield the units' state on every change, and at least once per ``interval``."""
         if self.bus_address is None and not self._booted_marker.is_dir():
             log.info("probe units: this host was not booted with systemd; no units to watch")

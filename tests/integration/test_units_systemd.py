@@ -10,20 +10,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import pytest
 
 from agent.errors import SystemdError
 from agent.probes.base import ProbeUpdate
+from agent.probes.catalog import PROBE_NAMES
 from agent.probes.units import UnitsProbe
 from agent.systemd_dbus import SystemdClient
+from tests.conftest import AgentProcess, http_get, http_json
 from tests.nspawn import (  # the fixtures are imported to register them in this module
     NspawnSystemd,
     nspawn_factory_fixture,  # noqa: F401
     nspawn_systemd_fixture,  # noqa: F401
 )
 
-pytestmark = [pytest.mark.systemd, pytest.mark.asyncio]
+pytestmark = pytest.mark.systemd
 
 RESYNC = 60.0
 WAIT = 30.0
@@ -71,6 +74,7 @@ def units_probe(nspawn_systemd: NspawnSystemd) -> UnitsProbe:
     )
 
 
+@pytest.mark.asyncio
 async def test_a_failing_unit_shows_failed_from_systemds_signal(
     nspawn_systemd: NspawnSystemd, units_probe: UnitsProbe
 ) -> None:
@@ -91,6 +95,7 @@ async def test_a_failing_unit_shows_failed_from_systemds_signal(
     assert failed["nodemedic_unit_restarts_total"] == 0
 
 
+@pytest.mark.asyncio
 async def test_a_flapping_unit_counts_its_restarts(
     nspawn_systemd: NspawnSystemd, units_probe: UnitsProbe
 ) -> None:
@@ -111,6 +116,7 @@ async def test_a_flapping_unit_counts_its_restarts(
     assert flapping["nodemedic_unit_restarts_total"] >= 3
 
 
+@pytest.mark.asyncio
 async def test_a_unit_that_recovers_goes_from_failed_to_active(
     nspawn_systemd: NspawnSystemd, units_probe: UnitsProbe
 ) -> None:
@@ -132,6 +138,7 @@ async def test_a_unit_that_recovers_goes_from_failed_to_active(
     assert active["nodemedic_unit_recent_restarts"] == 1
 
 
+@pytest.mark.asyncio
 async def test_the_client_reads_units_lists_globs_and_names_the_unit_in_errors(
     nspawn_systemd: NspawnSystemd,
 ) -> None:
@@ -162,6 +169,7 @@ async def test_the_client_reads_units_lists_globs_and_names_the_unit_in_errors(
     assert after.active_state == "inactive"
 
 
+@pytest.mark.asyncio
 async def test_a_bus_that_goes_away_is_an_error_update_then_the_probe_recovers(
     nspawn_factory: Callable[[], NspawnSystemd],
 ) -> None:
@@ -190,3 +198,66 @@ async def test_a_bus_that_goes_away_is_an_error_update_then_the_probe_recovers(
     assert "connection" in down.error or "connect" in down.error
     assert "probe units" in down.error
     assert _values(back, "dbus.service")["nodemedic_unit_active"] == 1
+
+
+def _poll(check: Callable[[], Any], what: str, agent: AgentProcess, within: float = WAIT) -> Any:
+    """Call ``check`` until it returns something truthy; fail with the agent's log."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        assert agent.proc is not None
+        assert agent.proc.poll() is None, f"agent exited:\n{agent.log()}"
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    pytest.fail(f"{what} not seen within {within}s; agent log:\n{agent.log()}")
+
+
+def test_the_agent_fires_unit_failed_and_survives_the_bus_going_away(
+    nspawn_factory: Callable[[], NspawnSystemd], agent_factory: Callable[..., AgentProcess]
+) -> None:
+    container = nspawn_factory()
+    unit = container.unit_name("agent-sees")
+    container.install_unit(unit, FAILS)
+    probes: dict[str, Any] = {name: {"enabled": False} for name in PROBE_NAMES}
+    probes["units"] = {"units": ["nm-*.service"], "interval": "60s", "bus": container.bus_address}
+    rules = [
+        {"name": "unit-failed", "metric": "nodemedic_unit_failed", "op": "==", "threshold": 1},
+        {
+            "name": "units-probe-down",
+            "metric": "nodemedic_probe_up",
+            "labels": {"probe": "units"},
+            "op": "<",
+            "threshold": 1,
+        },
+    ]
+    agent = agent_factory({"probes": probes, "rules": rules})
+    agent.start()
+    agent.wait_ready()
+
+    def firing(name: str) -> list[dict[str, Any]]:
+        conditions = http_json(agent.url + "/v1/conditions?state=firing")["conditions"]
+        return [c for c in conditions if c["name"] == name]
+
+    def units_status() -> dict[str, Any]:
+        statuses = http_json(agent.url + "/v1/probes")["probes"]
+        return next(p for p in statuses if p["name"] == "units")
+
+    container.run("systemctl", "start", "--no-block", unit)
+    failed = _poll(lambda: firing("unit-failed"), "unit-failed firing", agent)
+
+    container.run("systemctl", "stop", "dbus.socket", "dbus.service")
+    down = _poll(lambda: not units_status()["up"] and units_status(), "units probe down", agent)
+    probe_down = _poll(lambda: firing("units-probe-down"), "units-probe-down firing", agent)
+    healthz, _ = http_get(agent.url + "/healthz")
+
+    container.run("systemctl", "start", "dbus.socket", "dbus.service")
+    _poll(lambda: units_status()["up"], "units probe back up", agent, within=60)
+    still_failed = firing("unit-failed")
+
+    assert failed[0]["labels"] == {"unit": unit}
+    assert "probe units" in down["error"]
+    assert probe_down[0]["labels"] == {"probe": "units"}
+    assert healthz == 200
+    assert [c["labels"] for c in still_failed] == [{"unit": unit}]
+    assert "systemd reachable again" in agent.log()
