@@ -116,7 +116,9 @@ class UnitsProbe:
                 yield ProbeUpdate()
                 await asyncio.sleep(self.interval)
             return
-        backoff = Backoff(initial=_RECONNECT_INITIAL, maximum=min(_RECONNECT_MAX, self.interval))
+        # Never wait longer than the interval: a push probe must yield once per interval.
+        pace = min(_RECONNECT_MAX, self.interval)
+        backoff = Backoff(initial=min(_RECONNECT_INITIAL, pace), maximum=pace)
         while not self._closed:
             try:
                 async with self._client_factory() as client:
