@@ -34,7 +34,7 @@ from agent.probes.catalog import metrics_of
 from agent.probes.units import UnitsProbe
 from agent.rules import ConditionTracker
 from agent.systemd_dbus import SystemdClient
-from tests.nspawn import NspawnSystemd, ensure_rootfs
+from tests.nspawn import NspawnSystemd, ensure_rootfs, sweep_stale_containers
 
 FLAPS = (
     "[Unit]\nStartLimitIntervalSec=0\n"
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--transitions", type=int, default=40)
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
+    sweep_stale_containers()
     rootfs = ensure_rootfs()
     with tempfile.TemporaryDirectory(prefix="nodemedic-bench-") as tmp:
         container = NspawnSystemd(Path(tmp), rootfs)
