@@ -20,13 +20,14 @@ APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd \
 POLICY_RC := /usr/sbin/policy-rc.d
 export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 
-.PHONY: help run test check lint typecheck pytest bench bench-mqtt venv clean apt-test
+.PHONY: help run test check lint typecheck pytest bench bench-mqtt bench-units venv clean apt-test
 
 help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
 	@echo "make test   - install test dependencies and run lint, types and the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/ (agent overhead, MQTT, process scan)"
 	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
+	@echo "make bench-units - systemd in nspawn: boot, D-Bus round trips, signal-to-rules latency"
 
 $(BIN)/.installed: pyproject.toml
 	@scripts/ensure-apt $(APT_BUILD)
@@ -83,6 +84,12 @@ bench: venv bench-mqtt
 # MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
 bench-mqtt: venv apt-test
 	$(BIN)/python -m bench.mqtt_throughput
+
+# systemd booted in nspawn: D-Bus round trips and the latency from a unit's state change to
+# the rules (root).
+bench-units: venv apt-test
+	@scripts/ensure-nspawn-rootfs
+	$(BIN)/python -m bench.units_latency
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache state

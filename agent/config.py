@@ -33,6 +33,7 @@ __all__ = [
     "RemediationConfig",
     "RemediationWindow",
     "RuleConfig",
+    "UnitsProbeConfig",
     "load_settings",
     "parse_duration",
 ]
@@ -312,6 +313,48 @@ class GpuProbeConfig(ProbeConfig):
         return value
 
 
+_UNIT_PATTERN = re.compile(r"^[A-Za-z0-9:_.\\@*?\[\]!-]{1,256}$")
+
+
+class UnitsProbeConfig(ProbeConfig):
+    """systemd units probe: which units to watch over D-Bus; ``interval`` is the resync.
+
+    The probe is event-driven (D-Bus signals); ``interval`` only paces the full re-read.
+    """
+
+    units: tuple[str, ...] = ("*.service",)
+    restart_window: Duration = timedelta(minutes=10)
+    bus: str | None = None
+
+    @field_validator("units")
+    @classmethod
+    def _unit_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not _UNIT_PATTERN.fullmatch(pattern):
+                raise ValueError(
+                    f"invalid unit name or glob {pattern!r}: use unit names such as "
+                    "nginx.service, or globs such as *.service or getty@*.service"
+                )
+        return value
+
+    @field_validator("restart_window")
+    @classmethod
+    def _positive_window(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("restart_window must be positive, e.g. 10m")
+        return value
+
+    @field_validator("bus")
+    @classmethod
+    def _bus_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z]+:[^\s]*=[^\s]*", value):
+            raise ValueError(
+                f"invalid D-Bus address {value!r}: e.g. unix:path=/run/dbus/system_bus_socket; "
+                "leave it out for the system bus"
+            )
+        return value
+
+
 def _check_regex(value: str) -> str:
     try:
         re.compile(value)
@@ -555,6 +598,9 @@ class ProbesConfig(_Frozen):
     gpu: GpuProbeConfig = Field(default_factory=GpuProbeConfig)
     endpoints: EndpointsProbeConfig = Field(default_factory=EndpointsProbeConfig)
     custom: CustomProbeConfig = Field(default_factory=CustomProbeConfig)
+    units: UnitsProbeConfig = Field(
+        default_factory=lambda: UnitsProbeConfig(interval=timedelta(seconds=60))
+    )
 
     def items(self) -> list[tuple[str, ProbeConfig]]:
         """(name, config) for every probe, in the catalog's order."""

@@ -11,6 +11,7 @@ __all__ = [
     "ProbeTimeoutError",
     "StoreCorruptError",
     "StoreError",
+    "SystemdError",
 ]
 
 from dataclasses import dataclass
@@ -65,3 +66,20 @@ class StoreError(AgentError):
 
 class StoreCorruptError(StoreError):
     """Raised when the database file is damaged or not a SQLite database at all."""
+
+
+class SystemdError(AgentError):
+    """Raised when systemd refuses a D-Bus call, does not answer in time, or the bus is gone.
+
+    Attributes:
+        unit: the unit the call was about, if any.
+        dbus_error: the D-Bus error name (``org.freedesktop.systemd1.NoSuchUnit``,
+            ``org.freedesktop.DBus.Error.Disconnected`` when the bus is gone...), if any.
+    """
+
+    def __init__(
+        self, message: str, *, unit: str | None = None, dbus_error: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.unit = unit
+        self.dbus_error = dbus_error

@@ -56,6 +56,7 @@ class _Services:
     node: str
     emit_event: Emit
     protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
+    systemd_bus: str | None = None
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record an event."""
@@ -94,7 +95,9 @@ class RemediationService:
             config=settings.remediation,
             conditions=conditions,
             emit=emit,
-            services=_Services(node=settings.node.name, emit_event=emit),
+            services=_Services(
+                node=settings.node.name, emit_event=emit, systemd_bus=settings.probes.units.bus
+            ),
             clock=clock,
         )
 

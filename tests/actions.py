@@ -18,6 +18,7 @@ class RecordingServices:
 
     node: str = "node-1"
     protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
+    systemd_bus: str | None = None
     emitted: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:

@@ -103,6 +103,33 @@ def _remove_cgroup(directory: Path, timeout: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+def sweep_stale_containers() -> None:
+    """Kill containers and remove cgroups of test runs that were killed before teardown.
+
+    A container's directories are named ``nm-test-<pid>-<n>`` after the test process; once
+    that process is gone, nothing owns them any more.
+    """
+    for root in [*_cgroup_roots(), Path("/run/systemd/nspawn/propagate")]:
+        if not root.is_dir():
+            continue
+        for directory in root.glob("nm-test-*-*"):
+            owner = directory.name.split("-")[2]
+            if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+                continue
+            if root.name == "propagate":
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            # A container orphaned by a SIGKILLed run keeps running; its processes are
+            # the ones in its cgroup, and they were ours.
+            for procs in directory.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    for pid in procs.read_text(encoding="ascii").split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                _remove_cgroup(directory, timeout=5.0)
+
+
 class NspawnSystemd:
     """One booted container: its init PID, system bus address and unit directory.
 
@@ -313,6 +340,7 @@ def _require_root() -> None:
 def nspawn_systemd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NspawnSystemd]:
     """One booted container shared by the session (use :meth:`NspawnSystemd.unit_name`)."""
     _require_root()
+    sweep_stale_containers()
     container = NspawnSystemd(tmp_path_factory.mktemp("nspawn"), ensure_rootfs())
     container.boot()
     yield container
@@ -323,6 +351,7 @@ def nspawn_systemd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def nspawn_factory_fixture(tmp_path: Path) -> Iterator[ContainerFactory]:
     """Boot containers of the test's own; every one is stopped at the end of the test."""
     _require_root()
+    sweep_stale_containers()
     rootfs = ensure_rootfs()
     made: list[NspawnSystemd] = []
 

@@ -27,6 +27,7 @@ __all__ = [
     "ProcessesProbe",
     "PushProbe",
     "SensorsProbe",
+    "UnitsProbe",
     "build_probes",
 ]
 
@@ -49,6 +50,7 @@ from agent.probes.network import NetworkProbe
 from agent.probes.pressure import PressureProbe
 from agent.probes.processes import ProcessesProbe
 from agent.probes.sensors import SensorsProbe
+from agent.probes.units import UnitsProbe
 
 if TYPE_CHECKING:
     # agent.config imports agent.probes.catalog, so importing it here at run time
@@ -111,5 +113,11 @@ def build_probes(
         ),
         "endpoints": lambda: EndpointsProbe.from_config(config.endpoints),
         "custom": lambda: CustomProbe.from_config(config.custom),
+        "units": lambda: UnitsProbe(
+            units=config.units.units,
+            restart_window=config.units.restart_window.total_seconds(),
+            bus_address=config.units.bus,
+            **timing(config.units),
+        ),
     }
     return [factories[name]() for name in config.enabled()]

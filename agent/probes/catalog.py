@@ -57,6 +57,7 @@ PROBE_NAMES: tuple[str, ...] = (
     "gpu",
     "endpoints",
     "custom",
+    "units",
 )
 
 G = MetricKind.GAUGE
@@ -620,6 +621,47 @@ _SPECS: tuple[MetricSpec, ...] = (
         "",
         ("check",),
         "Malformed performance data items the custom check printed and the agent ignored.",
+    ),
+    # units (systemd, over D-Bus)
+    MetricSpec(
+        "nodemedic_unit_active",
+        "units",
+        G,
+        "bool",
+        ("unit",),
+        "1 when the systemd unit is active (or reloading), else 0.",
+    ),
+    MetricSpec(
+        "nodemedic_unit_failed",
+        "units",
+        G,
+        "bool",
+        ("unit",),
+        "1 when systemd reports the unit failed, else 0.",
+    ),
+    MetricSpec(
+        "nodemedic_unit_restarts_total",
+        "units",
+        C,
+        "restarts",
+        ("unit",),
+        "Automatic restarts of the service since it was last started by hand (NRestarts).",
+    ),
+    MetricSpec(
+        "nodemedic_unit_recent_restarts",
+        "units",
+        G,
+        "restarts",
+        ("unit",),
+        "Automatic restarts of the service seen within probes.units.restart_window.",
+    ),
+    MetricSpec(
+        "nodemedic_unit_state_seconds",
+        "units",
+        G,
+        "seconds",
+        ("unit", "state"),
+        "Seconds the unit has been in its current active state (the state label).",
     ),
     # the agent's own health, usable by rules
     MetricSpec(

@@ -67,6 +67,9 @@ class ActionServices(Protocol):
     protected_pids: frozenset[int]
     """PIDs never signalled: 1 and the agent itself."""
 
+    systemd_bus: str | None
+    """The D-Bus address systemd actions use; None for the system bus."""
+
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record an event (``event.escalate`` uses it)."""
         ...

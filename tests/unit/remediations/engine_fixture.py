@@ -47,6 +47,7 @@ def firing(target: str, rule: str = "filesystem-full") -> Condition:
 class _Services:
     node: str = "node-a"
     protected_pids: frozenset[int] = frozenset({1})
+    systemd_bus: str | None = None
     emitted: list[tuple[str, str | None, Mapping[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:

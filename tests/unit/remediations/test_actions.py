@@ -26,6 +26,11 @@ def test_every_action_is_registered_by_its_name() -> None:
         "exec",
         "journal.vacuum",
         "process.signal",
+        "systemd.reload_unit",
+        "systemd.reset_failed",
+        "systemd.restart_unit",
+        "systemd.start_unit",
+        "systemd.stop_unit",
     ]
     for name, cls in ACTIONS.items():
         assert cls.name == name
@@ -41,7 +46,8 @@ def test_an_unknown_action_lists_the_known_ones() -> None:
         get_action("systemd.restart")
     assert str(err.value) == (
         "unknown action 'systemd.restart'; known actions: disk.cleanup, event.escalate, "
-        "exec, journal.vacuum, process.signal"
+        "exec, journal.vacuum, process.signal, systemd.reload_unit, systemd.reset_failed, "
+        "systemd.restart_unit, systemd.start_unit, systemd.stop_unit"
     )
 
 
