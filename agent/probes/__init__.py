@@ -14,6 +14,7 @@ __all__ = [
     "DiskioProbe",
     "FdsProbe",
     "FilesystemProbe",
+    "KmsgProbe",
     "LoadProbe",
     "MemoryProbe",
     "NetworkProbe",
@@ -36,6 +37,8 @@ from agent.probes.cpu import CpuProbe
 from agent.probes.diskio import DiskioProbe
 from agent.probes.fds import FdsProbe
 from agent.probes.filesystem import FilesystemProbe
+from agent.probes.kmsg import KmsgProbe
+from agent.probes.kmsg_match import KernelPattern
 from agent.probes.load import LoadProbe
 from agent.probes.memory import MemoryProbe
 from agent.probes.network import NetworkProbe
@@ -92,5 +95,11 @@ def build_probes(
         "fds": lambda: FdsProbe(proc=proc, **timing(config.fds)),
         "clock": lambda: ClockProbe(**timing(config.clock)),
         "sensors": lambda: SensorsProbe(**timing(config.sensors)),
+        "kmsg": lambda: KmsgProbe(
+            patterns=[KernelPattern.from_config(p) for p in config.kmsg.effective_patterns],
+            path=config.kmsg.path,
+            max_lines_per_second=config.kmsg.max_lines_per_second,
+            **timing(config.kmsg),
+        ),
     }
     return [factories[name]() for name in config.enabled()]
