@@ -132,16 +132,22 @@ class KmsgReader:
 
     def skip_to_end(self) -> None:
         """Jump past everything logged so far without reading it."""
-        self._splitter.discard()
         if self.is_device:
+            self._splitter.discard()
             os.lseek(self._fd, 0, os.SEEK_END)
             return
+        # A stream cannot seek: discard what is waiting, and note whether that stopped
+        # inside a line, whose tail must then be dropped too.
+        mid_line = self._splitter.has_partial
         for _ in range(_SKIP_READS):
             try:
-                if not os.read(self._fd, 65536):
-                    return
+                chunk = os.read(self._fd, 65536)
             except BlockingIOError:
-                return
+                break
+            if not chunk:
+                break
+            mid_line = not chunk.endswith(b"\n")
+        self._splitter.discard(mid_line=mid_line)
 
     def close(self) -> None:
         """Close the file descriptor."""

@@ -113,10 +113,18 @@ class RecordSplitter:
         self._partial = b""
         self._record: list[str] = []
         self._limit = limit
+        self._mid_line = False
 
     def feed(self, chunk: bytes) -> list[str]:
         """Add bytes; returns the records completed by them."""
         data = self._partial + chunk
+        if self._mid_line:
+            # After skipping ahead in a stream the first bytes may be the tail of a line.
+            _, newline, data = data.partition(b"\n")
+            if not newline:
+                self._partial = b""
+                return []
+            self._mid_line = False
         lines = data.split(b"\n")
         self._partial = lines.pop()[: self._limit]
         done: list[str] = []
@@ -138,10 +146,21 @@ class RecordSplitter:
         self._record = []
         return [text]
 
-    def discard(self) -> None:
-        """Forget a held-back record and a partial line (the reader skipped ahead)."""
+    @property
+    def has_partial(self) -> bool:
+        """True while bytes of an unterminated line are held."""
+        return bool(self._partial)
+
+    def discard(self, *, mid_line: bool = False) -> None:
+        """Forget a held-back record and a partial line (the reader skipped ahead).
+
+        Args:
+            mid_line: the skip may have stopped inside a line: drop the bytes up to the
+                next line break too (a record lost this way shows as a sequence gap).
+        """
         self._partial = b""
         self._record = []
+        self._mid_line = mid_line
 
 
 class ContinuationJoiner:
