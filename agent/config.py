@@ -16,7 +16,6 @@ __all__ = [
     "ConditionsConfig",
     "Duration",
     "HistoryConfig",
-    "KmsgPatternConfig",
     "KmsgProbeConfig",
     "LogConfig",
     "MqttConfig",
@@ -26,18 +25,15 @@ __all__ = [
     "ProbeConfig",
     "ProbesConfig",
     "RuleConfig",
-    "default_kmsg_patterns",
     "load_settings",
     "parse_duration",
 ]
 
 import contextvars
 import difflib
-import functools
 import os
 import re
 import socket
-import string
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -63,6 +59,7 @@ from pydantic_settings import (
 )
 
 from agent.broker_url import BrokerUrl, parse_broker_url
+from agent.config_kmsg import KmsgPatternConfig, default_kmsg_patterns
 from agent.config_remote import RemoteConfig
 from agent.config_types import Duration, parse_duration
 from agent.config_types import FrozenModel as _Frozen
@@ -226,102 +223,6 @@ def _check_regex(value: str) -> str:
     return value
 
 
-# -- kernel log probe (probes.kmsg) ------------------------------------------------------
-
-DEFAULT_KMSG_PATTERNS_FILE = Path(__file__).parent / "defaults" / "kmsg.yaml"
-_KMSG_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
-
-
-class KmsgPatternConfig(_Frozen):
-    """A kernel log pattern: an event (temporary) or a condition (permanent), always counted.
-
-    Named groups of ``regex`` become the event's data; a group written ``name__2`` is a
-    second alternative for ``name`` (Python's ``re`` forbids a name twice).
-    """
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
-    kind: Literal["event", "condition"]
-    regex: str
-    type: str | None = None
-    subject: str = ""
-    clear: str | None = None
-    timeout: Duration | None = None
-    window: Duration = timedelta(minutes=10)
-    max_events: int = Field(default=20, ge=0, le=100_000)
-    source: Literal["kernel", "any"] = "kernel"
-    description: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _name_every_problem(cls, data: Any) -> Any:
-        # Errors name the pattern as well as the field: `patterns[3]` alone is no help in
-        # a list merged with the defaults.
-        if not isinstance(data, Mapping):
-            return data
-        name = data.get("name", "?")
-        kind = data.get("kind")
-        if kind is not None and kind not in ("event", "condition"):
-            raise ValueError(
-                f"pattern {name!r}: kind: unknown kind {kind!r}; use 'event' (temporary, "
-                "recorded as an event) or 'condition' (a 0/1 series until cleared)"
-            )
-        for key in ("regex", "clear"):
-            value = data.get(key)
-            if isinstance(value, str):
-                try:
-                    re.compile(value)
-                except re.error as err:
-                    raise ValueError(
-                        f"pattern {name!r}: {key}: invalid regular expression {value!r}: {err}"
-                    ) from err
-        return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        where = f"pattern {self.name!r}"
-        if self.kind == "condition" and self.clear is None and self.timeout is None:
-            raise ValueError(
-                f"{where}: clear: a condition needs a clearing regex 'clear', a 'timeout', "
-                "or both; otherwise it never clears"
-            )
-        if self.kind == "event" and (self.clear is not None or self.timeout is not None):
-            raise ValueError(
-                f"{where}: clear/timeout apply to kind 'condition' only; remove them or "
-                "use kind: condition"
-            )
-        if self.timeout is not None and self.timeout <= timedelta(0):
-            raise ValueError(f"{where}: timeout: must be positive")
-        if self.window < timedelta(seconds=1):
-            raise ValueError(f"{where}: window: must be at least 1s")
-        if self.type is not None and not _KMSG_EVENT_TYPE.match(self.type):
-            raise ValueError(
-                f"{where}: type: {self.type!r} is not a dotted event type such as "
-                "io.nodemedic.kernel.oom_kill"
-            )
-        groups = {g.split("__")[0] for g in re.compile(self.regex).groupindex}
-        for _, placeholder, _, _ in string.Formatter().parse(self.subject):
-            if placeholder is not None and placeholder not in groups:
-                raise ValueError(
-                    f"{where}: subject: {{{placeholder}}} is not a named group of regex "
-                    f"(its groups: {', '.join(sorted(groups)) or 'none'})"
-                )
-        return self
-
-    @property
-    def event_type(self) -> str:
-        """``type``, or ``io.nodemedic.kernel.<name>`` with ``-`` and ``.`` as ``_``."""
-        if self.type is not None:
-            return self.type
-        return "io.nodemedic.kernel." + re.sub(r"[-.]", "_", self.name)
-
-
-@functools.cache
-def default_kmsg_patterns() -> tuple[KmsgPatternConfig, ...]:
-    """The patterns shipped in ``agent/defaults/kmsg.yaml``."""
-    data = yaml.safe_load(DEFAULT_KMSG_PATTERNS_FILE.read_text(encoding="utf-8"))
-    return tuple(KmsgPatternConfig.model_validate(item) for item in data["patterns"])
-
-
 class KmsgProbeConfig(ProbeConfig):
     """Kernel log probe: patterns (the defaults, replaced or extended by name) and a line cap."""
 
@@ -349,8 +250,8 @@ class KmsgProbeConfig(ProbeConfig):
 
     @property
     def effective_patterns(self) -> tuple[KmsgPatternConfig, ...]:
-        """Defaults (unless turned off or disabled by name), each replaced by a pattern of
-        the same name from ``patterns``, then the other ``patterns`` in order."""
+        """The patterns in use: the defaults, each replaced by a same-named entry of
+        ``patterns`` (disabled ones left out), then the other entries in order."""
         own = {pattern.name: pattern for pattern in self.patterns}
         defaults = default_kmsg_patterns() if self.default_patterns else ()
         merged = [

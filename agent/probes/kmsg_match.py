@@ -23,7 +23,7 @@ from agent.probes.base import Clock, ProbeEvent
 from agent.probes.kmsg_record import FACILITY_KERNEL, KmsgRecord, level_name
 
 if TYPE_CHECKING:
-    from agent.config import KmsgPatternConfig
+    from agent.config_kmsg import KmsgPatternConfig
 
 log = logging.getLogger(__name__)
 

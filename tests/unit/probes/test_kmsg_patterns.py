@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.config import KmsgPatternConfig, KmsgProbeConfig, default_kmsg_patterns
+from agent.config import KmsgProbeConfig
+from agent.config_kmsg import KmsgPatternConfig, default_kmsg_patterns
 from agent.probes.base import ProbeEvent
 from agent.probes.kmsg_match import KernelLogMatcher, KernelPattern, SlidingCount
 from agent.probes.kmsg_record import KmsgRecord, RecordSplitter, parse_record
