@@ -47,6 +47,8 @@ _READ_SIZE = 16384
 """Bytes per read: more than the largest record the kernel hands out (8 KiB)."""
 _READS_PER_WAKE = 64
 """Reads per readiness callback, so a busy log cannot hold the event loop."""
+_UPDATE_GAP = 0.1
+"""Seconds between two updates at least."""
 _SKIP_READS = 64
 """Reads a non-seekable stand-in (a FIFO) discards at most per skip ahead."""
 
@@ -213,7 +215,10 @@ class KmsgProbe:
         try:
             yield self._update(intake)
             while True:
-                await intake.wait(self._wait_time())
+                # Records that arrive meanwhile are matched at once and reported together,
+                # so a busy log costs the rules at most 1/_UPDATE_GAP evaluations a second.
+                await asyncio.sleep(_UPDATE_GAP)
+                await intake.wait(max(0.01, self._wait_time() - _UPDATE_GAP))
                 if intake.failure is not None:
                     raise ProbeError(f"probe kmsg: {intake.failure}")
                 yield self._update(intake)

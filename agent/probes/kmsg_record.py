@@ -25,11 +25,14 @@ __all__ = [
     "parse_record",
 ]
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
 
 FACILITY_KERNEL = 0
 """Facility of records the kernel wrote; userspace writes cannot carry it (it becomes 1)."""
 
+_NO_DICTIONARY: Mapping[str, str] = MappingProxyType({})
 _LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 _MAX_JOINED = 8192
 """Longest message a line joined from fragments may grow to (the kernel's own record cap)."""
@@ -40,9 +43,8 @@ def level_name(level: int) -> str:
     return _LEVELS[level & 7]
 
 
-@dataclass(frozen=True, slots=True)
-class KmsgRecord:
-    """One kernel log record.
+class KmsgRecord(NamedTuple):
+    """One kernel log record (a named tuple: built for every line, so built cheaply).
 
     Attributes:
         facility: syslog facility; 0 is the kernel itself.
@@ -60,7 +62,7 @@ class KmsgRecord:
     timestamp_us: int
     flags: str
     message: str
-    dictionary: dict[str, str] = field(default_factory=dict)
+    dictionary: Mapping[str, str] = _NO_DICTIONARY
 
 
 def parse_record(text: str) -> KmsgRecord:
@@ -81,20 +83,14 @@ def parse_record(text: str) -> KmsgRecord:
         raise ValueError(
             f"not a kmsg record (priority, sequence and time must be numbers): {first[:80]!r}"
         ) from None
+    if not rest:
+        return KmsgRecord(priority >> 3, priority & 7, seq, timestamp, fields[3], message)
     dictionary: dict[str, str] = {}
     for line in rest.split("\n"):
         key, eq, value = line.strip().partition("=")
         if eq and key:
             dictionary[key] = value
-    return KmsgRecord(
-        facility=priority >> 3,
-        level=priority & 7,
-        seq=seq,
-        timestamp_us=timestamp,
-        flags=fields[3],
-        message=message,
-        dictionary=dictionary,
-    )
+    return KmsgRecord(priority >> 3, priority & 7, seq, timestamp, fields[3], message, dictionary)
 
 
 class RecordSplitter:
@@ -179,7 +175,7 @@ class ContinuationJoiner:
         held = self._held
         if "+" in record.flags and held is not None:
             message = (held.message + record.message)[:_MAX_JOINED]
-            self._held = replace(held, message=message)
+            self._held = held._replace(message=message)
             return []
         done = self.flush()
         if "c" in record.flags:
