@@ -174,6 +174,23 @@ async def test_garbage_is_counted_as_malformed_and_matching_goes_on(
 
 
 @pytest.mark.asyncio
+async def test_records_lost_before_they_were_read_are_counted_as_overwritten(
+    fifo: Path, writer: int
+) -> None:
+    probe = KmsgProbe(patterns=_patterns(), path=fifo, interval=30)
+    updates = probe.watch()
+    await _next(updates)
+
+    # The kernel's ring buffer wrapped between two reads: sequence 501-899 are gone.
+    os.write(writer, b"6,500,1,-;eth0: link up\n6,900,2,-;eth0: link down\n")
+    update = await _until(updates, "nodemedic_kernel_log_lines_total", 2)
+    await updates.aclose()  # type: ignore[attr-defined]
+
+    assert _value(update, "nodemedic_kernel_log_dropped_total", reason="overwritten") == 399
+    assert _value(update, "nodemedic_kernel_log_dropped_total", reason="rate-limit") == 0
+
+
+@pytest.mark.asyncio
 async def test_an_unreadable_source_is_a_probe_error_naming_it(tmp_path: Path) -> None:
     missing = KmsgProbe(patterns=_patterns(), path=tmp_path / "nope", interval=1)
     regular = tmp_path / "file.txt"
