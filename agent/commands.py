@@ -24,6 +24,7 @@ __all__ = [
     "SignedCommand",
     "TrustedKey",
     "canonical_bytes",
+    "check_policy",
     "command_params",
     "generate_keypair",
     "load_private_key",
@@ -291,7 +292,15 @@ def verify_command(
         raise CommandRejectedError(
             Rejection.WRONG_NODE, f"selector does not match node {node!r}", **ids
         )
-    _check_policy(command, key.policy, ids)
+    check_policy(
+        command.kind,
+        playbook=command.playbook,
+        params=command.params,
+        run_id=command.run_id,
+        policy=key.policy,
+        who=f"key {command.key_id!r}",
+        ids=ids,
+    )
     return SignedCommand(command=command, key=key)
 
 
@@ -348,39 +357,48 @@ def _check_time(
         )
 
 
-def _check_policy(command: Command, policy: KeyPolicy, ids: dict[str, str]) -> None:
-    kind = command.kind
+def check_policy(
+    kind: CommandKind,
+    *,
+    playbook: str | None,
+    params: Mapping[str, object],
+    run_id: str | None,
+    policy: KeyPolicy,
+    who: str,
+    ids: Mapping[str, str] | None = None,
+) -> None:
+    """Check what a command asks for against the policy of the key or token ``who``.
+
+    Raises:
+        CommandRejectedError: MALFORMED when a needed field is missing, NOT_ALLOWED or
+            INVALID_PARAMS when the policy does not cover it.
+    """
+    refs = dict(ids or {})
     if kind in (CommandKind.RUN, CommandKind.RESET_BREAKER):
-        if command.playbook is None:
+        if playbook is None:
             raise CommandRejectedError(
-                Rejection.MALFORMED, f"a {kind.value} command needs a playbook", **ids
+                Rejection.MALFORMED, f"a {kind.value} command needs a playbook", **refs
             )
-        if not policy.allows_playbook(command.playbook):
+        if not policy.allows_playbook(playbook):
             raise CommandRejectedError(
-                Rejection.NOT_ALLOWED,
-                f"key {command.key_id!r} may not run playbook {command.playbook!r}",
-                **ids,
+                Rejection.NOT_ALLOWED, f"{who} may not run playbook {playbook!r}", **refs
             )
-        extra = sorted(set(command.params) - policy.params)
+        extra = sorted(set(params) - policy.params)
         if extra:
             raise CommandRejectedError(
                 Rejection.INVALID_PARAMS,
-                f"key {command.key_id!r} may not set parameter(s) {', '.join(extra)}",
-                **ids,
+                f"{who} may not set parameter(s) {', '.join(extra)}",
+                **refs,
             )
     elif kind is CommandKind.APPROVE:
-        if command.run_id is None:
+        if run_id is None:
             raise CommandRejectedError(
-                Rejection.MALFORMED, "an approve command needs a run_id", **ids
+                Rejection.MALFORMED, "an approve command needs a run_id", **refs
             )
         if not policy.approve:
-            raise CommandRejectedError(
-                Rejection.NOT_ALLOWED, f"key {command.key_id!r} may not approve runs", **ids
-            )
+            raise CommandRejectedError(Rejection.NOT_ALLOWED, f"{who} may not approve runs", **refs)
     elif kind in (CommandKind.PAUSE, CommandKind.RESUME) and not policy.pause:
-        raise CommandRejectedError(
-            Rejection.NOT_ALLOWED, f"key {command.key_id!r} may not pause or resume", **ids
-        )
+        raise CommandRejectedError(Rejection.NOT_ALLOWED, f"{who} may not pause or resume", **refs)
 
 
 def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:

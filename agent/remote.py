@@ -16,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "CommandReply",
+    "ControlRequest",
     "IncomingCommand",
     "RemoteActionError",
     "RemoteCommands",
@@ -105,6 +106,50 @@ class IncomingCommand:
     retained: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequest:
+    """An authorised request, from a signed command or an HTTP token, ready to carry out.
+
+    Attributes:
+        kind: what is asked.
+        principal: the key id or token name that authorised it.
+        issuer: who asked (the command's issuer, or the token's name).
+        playbook: for run and reset_breaker.
+        target: for run.
+        params: for run.
+        run_id: for approve.
+        nonce: the signed command's nonce, if any.
+    """
+
+    kind: CommandKind
+    principal: str
+    issuer: str
+    playbook: str | None = None
+    target: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    nonce: str | None = None
+
+    @classmethod
+    def of(cls, command: Command) -> ControlRequest:
+        """The request a verified command makes."""
+        return cls(
+            kind=command.kind,
+            principal=command.key_id,
+            issuer=command.issuer,
+            playbook=command.playbook,
+            target=command.target,
+            params=command.params,
+            run_id=command.run_id,
+            nonce=command.nonce,
+        )
+
+    @property
+    def by(self) -> str:
+        """Who, as runs and pauses record it."""
+        return f"{self.issuer} ({self.principal})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +259,7 @@ class RemoteCommands:
             # Without the nonce cache a replay cannot be told apart: refuse.
             log.error("cannot check a command's nonce: %s", err)
             return self._refused("store_unavailable", str(err), incoming, None)
-        return self._carry_out(command, incoming)
+        return self.carry_out(ControlRequest.of(command), incoming)
 
     def _claim(self, command: Command, now: float) -> None:
         if not self._nonces.claim_nonce(
@@ -227,23 +272,28 @@ class RemoteCommands:
                 nonce=command.nonce,
             )
 
-    def _carry_out(self, command: Command, incoming: IncomingCommand) -> CommandReply:
-        by = f"{command.issuer} (key {command.key_id})"
+    def carry_out(self, request: ControlRequest, incoming: IncomingCommand) -> CommandReply:
+        """Carry out an authorised request; the outcome is an event and the reply.
+
+        The signed path calls it after verification; the HTTP API after checking a
+        bearer token's policy.
+        """
+        by = request.by
         run_id: str | None = None
         status: Mapping[str, Any] = {}
         try:
-            match command.kind:
+            match request.kind:
                 case CommandKind.RUN:
                     run_id = self._control.run_playbook(
-                        _required(command.playbook, "playbook"),
-                        command.target,
-                        command.params,
+                        _required(request.playbook, "playbook"),
+                        request.target,
+                        request.params,
                         by=by,
                     )
-                    detail = f"run {run_id} of {command.playbook} requested"
+                    detail = f"run {run_id} of {request.playbook} requested"
                 case CommandKind.APPROVE:
-                    self._control.approve(_required(command.run_id, "run_id"), by=by)
-                    detail = f"run {command.run_id} approved"
+                    self._control.approve(_required(request.run_id, "run_id"), by=by)
+                    detail = f"run {request.run_id} approved"
                 case CommandKind.PAUSE:
                     self._control.set_paused(True, by=by, until=None)
                     detail = "remediation paused"
@@ -251,21 +301,21 @@ class RemoteCommands:
                     self._control.set_paused(False, by=by, until=None)
                     detail = "remediation resumed"
                 case CommandKind.RESET_BREAKER:
-                    self._control.reset_breaker(_required(command.playbook, "playbook"), by=by)
-                    detail = f"breaker of {command.playbook} reset"
+                    self._control.reset_breaker(_required(request.playbook, "playbook"), by=by)
+                    detail = f"breaker of {request.playbook} reset"
                 case CommandKind.STATUS:
                     status = self._control.status()
                     detail = "status"
         except RemoteActionError as err:
-            return self._refused(err.reason, err.detail, incoming, command)
-        self._record("io.nodemedic.command.accepted", "accepted", detail, incoming, command)
+            return self._refused(err.reason, err.detail, incoming, request)
+        self._record("io.nodemedic.command.accepted", "accepted", detail, incoming, request)
         return CommandReply(
             ok=True,
             node=self._node,
             reason="accepted",
             detail=detail,
             run_id=run_id,
-            nonce=command.nonce,
+            nonce=request.nonce,
             status=status,
         )
 
@@ -274,17 +324,21 @@ class RemoteCommands:
     ) -> CommandReply | None:
         if command.kind not in (CommandKind.PAUSE, CommandKind.RESUME):
             return self._refused(
-                "malformed", "the retained fleet pause must be a pause or resume", incoming, command
+                "malformed",
+                "the retained fleet pause must be a pause or resume",
+                incoming,
+                ControlRequest.of(command),
             )
         if command.issued_at <= self._fleet_pause_issued:
             log.debug("fleet pause issued at %d already applied", command.issued_at)
             return None
         self._fleet_pause_issued = command.issued_at
         paused = command.kind is CommandKind.PAUSE
-        by = f"{command.issuer} (key {command.key_id}, fleet)"
-        self._control.set_paused(paused, by=by, until=float(command.expires_at) if paused else None)
+        request = ControlRequest.of(command)
+        until = float(command.expires_at) if paused else None
+        self._control.set_paused(paused, by=f"{request.by}, fleet", until=until)
         detail = "fleet pause applied" if paused else "fleet pause lifted"
-        self._record("io.nodemedic.command.accepted", "accepted", detail, incoming, command)
+        self._record("io.nodemedic.command.accepted", "accepted", detail, incoming, request)
         return CommandReply(
             ok=True, node=self._node, reason="accepted", detail=detail, nonce=command.nonce
         )
@@ -305,8 +359,14 @@ class RemoteCommands:
             ok=False, node=self._node, reason=err.reason.value, detail=err.detail, nonce=err.nonce
         )
 
+    def refuse(
+        self, reason: str, detail: str, incoming: IncomingCommand, command: ControlRequest | None
+    ) -> CommandReply:
+        """Record a request refused before it could be carried out; the reply says why."""
+        return self._refused(reason, detail, incoming, command)
+
     def _refused(
-        self, reason: str, detail: str, incoming: IncomingCommand, command: Command | None
+        self, reason: str, detail: str, incoming: IncomingCommand, command: ControlRequest | None
     ) -> CommandReply:
         log.warning("remote command via %s not carried out (%s): %s", incoming.via, reason, detail)
         self._record("io.nodemedic.command.rejected", reason, detail, incoming, command)
@@ -324,23 +384,24 @@ class RemoteCommands:
         reason: str,
         detail: str,
         incoming: IncomingCommand,
-        command: Command | None,
+        command: ControlRequest | None,
     ) -> None:
         data: dict[str, Any] = {"via": incoming.via, "reason": reason, "detail": detail}
         if command is not None:
             data |= {
                 "kind": command.kind.value,
-                "key_id": command.key_id,
+                "principal": command.principal,
                 "issuer": command.issuer,
-                "nonce": command.nonce,
             }
+            if command.nonce is not None:
+                data["nonce"] = command.nonce
             if command.playbook is not None:
                 data["playbook"] = command.playbook
             if command.target is not None:
                 data["target"] = command.target
         if type_.endswith(".accepted"):
             log.info("remote command via %s: %s", incoming.via, detail)
-        self._emit(type_, command.key_id if command is not None else None, data)
+        self._emit(type_, command.principal if command is not None else None, data)
 
 
 def _required(value: str | None, name: str) -> str:

@@ -117,7 +117,7 @@ def test_a_run_command_requests_a_run_and_replies_with_its_id(harness: Harness) 
         "nonce": "-",
     }
     assert harness.control.calls == [
-        ("run", ("restart-failed-unit", "nginx.service", {}, "alice (key ops)"))
+        ("run", ("restart-failed-unit", "nginx.service", {}, "alice (ops)"))
     ]
     [(type_, data)] = harness.events
     assert type_ == "io.nodemedic.command.accepted"
