@@ -47,6 +47,8 @@ _READ_SIZE = 16384
 """Bytes per read: more than the largest record the kernel hands out (8 KiB)."""
 _READS_PER_WAKE = 64
 """Reads per readiness callback, so a busy log cannot hold the event loop."""
+_FLOOD_QUIET = 5.0
+"""Seconds without hitting the cap before a flood is logged as over (log on transitions)."""
 _UPDATE_GAP = 0.1
 """Seconds between two updates at least."""
 _SKIP_READS = 64
@@ -256,6 +258,7 @@ class _Intake:
         self._last_seq: int | None = None
         self._skipped = False
         self._flooding = False
+        self._paused_at = 0.0
         self._resume: asyncio.TimerHandle | None = None
         self.failure: str | None = None
         loop.add_reader(reader.fileno(), self._on_readable)
@@ -288,7 +291,7 @@ class _Intake:
             except BlockingIOError:
                 self._process(self._reader.flush())
                 self._process_joined(self._joiner.flush())
-                if self._flooding:
+                if self._flooding and self._loop.time() - self._paused_at > _FLOOD_QUIET:
                     self._flooding = False
                     log.info("kernel log flood over")
                 break
@@ -336,6 +339,7 @@ class _Intake:
                 self._probe.max_lines_per_second,
                 DROPPED,
             )
+        self._paused_at = self._loop.time()
         self._loop.remove_reader(self._reader.fileno())
         self._resume = self._loop.call_later(self._budget.refill_delay(), self._resume_reading)
 
