@@ -22,6 +22,7 @@ __all__ = [
     "Probe",
     "ProbeEvent",
     "ProbeUpdate",
+    "ProcessesProbe",
     "PushProbe",
     "SensorsProbe",
     "build_probes",
@@ -43,6 +44,7 @@ from agent.probes.load import LoadProbe
 from agent.probes.memory import MemoryProbe
 from agent.probes.network import NetworkProbe
 from agent.probes.pressure import PressureProbe
+from agent.probes.processes import ProcessesProbe
 from agent.probes.sensors import SensorsProbe
 
 if TYPE_CHECKING:
@@ -95,6 +97,12 @@ def build_probes(
         "fds": lambda: FdsProbe(proc=proc, **timing(config.fds)),
         "clock": lambda: ClockProbe(**timing(config.clock)),
         "sensors": lambda: SensorsProbe(**timing(config.sensors)),
+        "processes": lambda: ProcessesProbe(
+            groups=config.processes.groups,
+            proc=proc,
+            cgroup=sys / "fs" / "cgroup",
+            **timing(config.processes),
+        ),
         "kmsg": lambda: KmsgProbe(
             patterns=[KernelPattern.from_config(p) for p in config.kmsg.effective_patterns],
             path=config.kmsg.path,
