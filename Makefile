@@ -80,6 +80,7 @@ test: lint typecheck pytest
 bench: venv bench-mqtt
 	$(BIN)/python -m bench.agent_overhead
 	$(BIN)/python -m bench.process_scan
+	$(BIN)/python -m bench.kmsg_flood
 
 # MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
 bench-mqtt: venv apt-test

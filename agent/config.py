@@ -21,6 +21,7 @@ __all__ = [
     "EndpointCheckConfig",
     "EndpointsProbeConfig",
     "HistoryConfig",
+    "KmsgProbeConfig",
     "LogConfig",
     "MqttConfig",
     "MqttOutboxConfig",
@@ -70,6 +71,7 @@ from pydantic_settings import (
 )
 
 from agent.broker_url import BrokerUrl, parse_broker_url
+from agent.config_kmsg import KmsgPatternConfig, default_kmsg_patterns
 from agent.config_remote import RemoteConfig
 from agent.config_types import Duration, parse_duration
 from agent.config_types import FrozenModel as _Frozen
@@ -571,6 +573,45 @@ class CustomProbeConfig(ProbeConfig):
         return _unique_checks(checks)
 
 
+class KmsgProbeConfig(ProbeConfig):
+    """Kernel log probe: patterns (the defaults, replaced or extended by name) and a line cap."""
+
+    path: Path = Path("/dev/kmsg")
+    patterns: tuple[KmsgPatternConfig, ...] = ()
+    default_patterns: bool = True
+    disabled_patterns: tuple[str, ...] = ()
+    max_lines_per_second: int = Field(default=1000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        seen: set[str] = set()
+        for pattern in self.patterns:
+            if pattern.name in seen:
+                raise ValueError(f"patterns: duplicate pattern name {pattern.name!r}")
+            seen.add(pattern.name)
+        known = {pattern.name for pattern in default_kmsg_patterns()}
+        for name in self.disabled_patterns:
+            if name not in known:
+                raise ValueError(
+                    f"disabled_patterns: {name!r} is not a default pattern "
+                    f"(they are: {', '.join(sorted(known))})"
+                )
+        return self
+
+    @property
+    def effective_patterns(self) -> tuple[KmsgPatternConfig, ...]:
+        """The patterns in use: the defaults, each replaced by a same-named entry of
+        ``patterns`` (disabled ones left out), then the other entries in order."""
+        own = {pattern.name: pattern for pattern in self.patterns}
+        defaults = default_kmsg_patterns() if self.default_patterns else ()
+        merged = [
+            own.pop(pattern.name, pattern)
+            for pattern in defaults
+            if pattern.name not in self.disabled_patterns or pattern.name in own
+        ]
+        return (*merged, *own.values())
+
+
 def _probe(interval: float) -> Any:
     return Field(default_factory=lambda: ProbeConfig(interval=timedelta(seconds=interval)))
 
@@ -601,6 +642,7 @@ class ProbesConfig(_Frozen):
     units: UnitsProbeConfig = Field(
         default_factory=lambda: UnitsProbeConfig(interval=timedelta(seconds=60))
     )
+    kmsg: KmsgProbeConfig = Field(default_factory=KmsgProbeConfig)
 
     def items(self) -> list[tuple[str, ProbeConfig]]:
         """(name, config) for every probe, in the catalog's order."""

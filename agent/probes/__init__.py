@@ -17,6 +17,7 @@ __all__ = [
     "FdsProbe",
     "FilesystemProbe",
     "GpuProbe",
+    "KmsgProbe",
     "LoadProbe",
     "MemoryProbe",
     "NetworkProbe",
@@ -44,6 +45,8 @@ from agent.probes.endpoints import EndpointsProbe
 from agent.probes.fds import FdsProbe
 from agent.probes.filesystem import FilesystemProbe
 from agent.probes.gpu import GpuProbe
+from agent.probes.kmsg import KmsgProbe
+from agent.probes.kmsg_match import KernelPattern
 from agent.probes.load import LoadProbe
 from agent.probes.memory import MemoryProbe
 from agent.probes.network import NetworkProbe
@@ -118,6 +121,12 @@ def build_probes(
             restart_window=config.units.restart_window.total_seconds(),
             bus_address=config.units.bus,
             **timing(config.units),
+        ),
+        "kmsg": lambda: KmsgProbe(
+            patterns=[KernelPattern.from_config(p) for p in config.kmsg.effective_patterns],
+            path=config.kmsg.path,
+            max_lines_per_second=config.kmsg.max_lines_per_second,
+            **timing(config.kmsg),
         ),
     }
     return [factories[name]() for name in config.enabled()]

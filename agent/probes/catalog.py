@@ -58,6 +58,7 @@ PROBE_NAMES: tuple[str, ...] = (
     "endpoints",
     "custom",
     "units",
+    "kmsg",
 )
 
 G = MetricKind.GAUGE
@@ -662,6 +663,41 @@ _SPECS: tuple[MetricSpec, ...] = (
         "seconds",
         ("unit", "state"),
         "Seconds the unit has been in its current active state (the state label).",
+    ),
+    # kmsg (the kernel log)
+    MetricSpec(
+        "nodemedic_kernel_pattern_matches",
+        "kmsg",
+        G,
+        "",
+        ("pattern",),
+        "Kernel log records that matched the pattern within its window "
+        "(probes.kmsg.patterns[].window, 10m by default).",
+    ),
+    MetricSpec(
+        "nodemedic_kernel_condition",
+        "kmsg",
+        G,
+        "bool",
+        ("pattern",),
+        "1 while a condition pattern is set: from a match until its clearing line or timeout.",
+    ),
+    MetricSpec(
+        "nodemedic_kernel_log_lines_total",
+        "kmsg",
+        C,
+        "",
+        (),
+        "Kernel log records read and matched since the agent started.",
+    ),
+    MetricSpec(
+        "nodemedic_kernel_log_dropped_total",
+        "kmsg",
+        C,
+        "",
+        ("reason",),
+        "Kernel log records not matched: skipped over the line cap (rate-limit), "
+        "overwritten before they were read (overwritten) or unparseable (malformed).",
     ),
     # the agent's own health, usable by rules
     MetricSpec(
