@@ -18,13 +18,15 @@ APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd
 POLICY_RC := /usr/sbin/policy-rc.d
 export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 
-.PHONY: help run test check lint typecheck pytest bench bench-mqtt venv clean apt-test
+.PHONY: help run test check lint typecheck pytest bench bench-mqtt venv clean apt-test docs deb
 
 help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
 	@echo "make test   - install test dependencies and run lint, types and the whole test suite"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
+	@echo "make docs   - regenerate docs/configuration.md from the config models"
+	@echo "make deb    - build dist/nodemedic_<version>_<arch>.deb (packaging/deb/build)"
 
 $(BIN)/.installed: pyproject.toml
 	@scripts/ensure-apt $(APT_BUILD)
@@ -79,6 +81,13 @@ bench: venv bench-mqtt
 # MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
 bench-mqtt: venv apt-test
 	$(BIN)/python -m bench.mqtt_throughput
+
+docs: venv
+	$(BIN)/python -m agent.config_doc --write
+
+deb: venv
+	@scripts/ensure-apt $(APT_DEB)
+	packaging/deb/build dist
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache state
