@@ -9,7 +9,7 @@ CONFIG ?= config/nodemedic.yaml
 APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
 # booted Debian 12 has it, a debian:12 container image does not.
-APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd lintian
 # Debian's mosquitto package starts a system broker on port 1883 from its postinst on a
 # machine whose policy allows it. The tests never use it (tests/brokers.py runs its own
 # brokers on ephemeral loopback ports), so while installing it we deny service starts with
@@ -85,8 +85,9 @@ bench-mqtt: venv apt-test
 docs: venv
 	$(BIN)/python -m agent.config_doc --write
 
+# The package's virtualenv is built with Debian's python3 (APT_BUILD has what
+# systemd-python needs to compile); see packaging/README.md.
 deb: venv
-	@scripts/ensure-apt $(APT_DEB)
 	packaging/deb/build dist
 
 clean:
