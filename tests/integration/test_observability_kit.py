@@ -69,6 +69,12 @@ def metric_names(expr: str) -> set[str]:
     return {name for name in names if name not in _KEYWORDS}
 
 
+def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool(), *args], capture_output=True, text=True, timeout=120, check=False, cwd=cwd
+    )
+
+
 def _exported() -> frozenset[str]:
     return frozenset(CATALOG) | AGENT_METRIC_NAMES | PROCESS_METRIC_NAMES | PROMETHEUS_SERIES
 
@@ -132,13 +138,7 @@ def test_alerts_cover_the_agent_failure_modes() -> None:
 
 @pytest.mark.promtool
 def test_promtool_accepts_the_alerting_rules() -> None:
-    result = subprocess.run(
-        [promtool(), "check", "rules", str(ALERTS)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _promtool("check", "rules", str(ALERTS))
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(_alert_rules())} rules found" in result.stdout
@@ -146,14 +146,7 @@ def test_promtool_accepts_the_alerting_rules() -> None:
 
 @pytest.mark.promtool
 def test_alerts_fire_when_they_should_in_promtool_unit_tests() -> None:
-    result = subprocess.run(
-        [promtool(), "test", "rules", ALERT_TESTS.name],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ALERT_TESTS.parent,
-    )
+    result = _promtool("test", "rules", ALERT_TESTS.name, cwd=ALERT_TESTS.parent)
 
     assert result.returncode == 0, result.stdout + result.stderr
     # Every alert has at least one test case.
@@ -179,13 +172,7 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "dashboard-queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "q", "rules": rules}]}), encoding="utf-8")
 
-    result = subprocess.run(
-        [promtool(), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _promtool("check", "rules", str(path))
 
     assert result.returncode == 0, result.stdout + result.stderr
 
