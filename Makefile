@@ -8,8 +8,10 @@ CONFIG ?= config/nodemedic.yaml
 # Debian packages: building systemd-python needs the first four; the tests need the rest.
 APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
-# booted Debian 12 has it, a debian:12 container image does not.
-APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd lintian
+# booted Debian 12 has it, a debian:12 container image does not. systemd-container and
+# debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd \
+    systemd-container debootstrap lintian
 # Debian's mosquitto package starts a system broker on port 1883 from its postinst on a
 # machine whose policy allows it. The tests never use it (tests/brokers.py runs its own
 # brokers on ephemeral loopback ports), so while installing it we deny service starts with
@@ -69,6 +71,7 @@ apt-test:
 
 pytest: venv apt-test
 	@scripts/ensure-promtool
+	@scripts/ensure-nspawn-rootfs
 	$(BIN)/pytest
 
 check: lint typecheck

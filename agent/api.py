@@ -28,6 +28,8 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.exposition import gzip_accepted
 
+from agent.api_errors import RequestError
+from agent.api_writes import WriteApi
 from agent.metrics import build_registry
 from agent.model import ConditionState
 from agent.view import AgentView
@@ -49,11 +51,12 @@ _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _ROUTES = ("/healthz", "/readyz", "/metrics", "/v1/conditions", "/v1/events", "/v1/probes")
 
 
-def create_app(view: AgentView) -> web.Application:
+def create_app(view: AgentView, writes: WriteApi | None = None) -> web.Application:
     """The aiohttp application serving ``view``.
 
     Args:
         view: the agent state to serve.
+        writes: the write routes (commands, runs, pause), when remote control is set up.
 
     Returns:
         An application with every route, JSON errors and a 64 KiB body limit.
@@ -66,6 +69,8 @@ def create_app(view: AgentView) -> web.Application:
     app.router.add_get("/v1/conditions", routes.conditions)
     app.router.add_get("/v1/events", routes.events)
     app.router.add_get("/v1/probes", routes.probes)
+    if writes is not None:
+        writes.register(app)
     app.on_response_prepare.append(_neutral_server_header)
     return app
 
@@ -75,13 +80,16 @@ class ApiServer:
 
     Args:
         view: the agent state to serve.
+        writes: the write routes, when remote control is set up.
         shutdown_timeout: seconds :meth:`stop` lets in-flight requests finish.
     """
 
-    def __init__(self, view: AgentView, *, shutdown_timeout: float = 2.0) -> None:
+    def __init__(
+        self, view: AgentView, *, writes: WriteApi | None = None, shutdown_timeout: float = 2.0
+    ) -> None:
         if not shutdown_timeout > 0:
             raise ValueError(f"shutdown_timeout must be positive, got {shutdown_timeout!r}")
-        self._app = create_app(view)
+        self._app = create_app(view, writes)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._host = ""
@@ -143,16 +151,6 @@ class ApiServer:
         await runner.cleanup()
         log.info("HTTP API on %s stopped", self.url)
         self._port = None
-
-
-class _RequestError(Exception):
-    """A request the API refuses; the middleware turns it into a JSON error."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
 
 
 class _Routes:
@@ -235,14 +233,14 @@ def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     for name in request.query:
         if name not in allowed:
             accepts = ", ".join(allowed) if allowed else "no query parameters"
-            raise _RequestError(
+            raise RequestError(
                 400,
                 "unknown query parameter",
                 f"unknown query parameter {_shown(name)}; {request.path} accepts {accepts}",
             )
         values = request.query.getall(name)
         if len(values) > 1:
-            raise _RequestError(
+            raise RequestError(
                 400,
                 "invalid query parameter",
                 f"{name} was given {len(values)} times; give it at most once",
@@ -251,8 +249,8 @@ def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
-def _bad(detail: str) -> _RequestError:
-    return _RequestError(400, "invalid query parameter", detail)
+def _bad(detail: str) -> RequestError:
+    return RequestError(400, "invalid query parameter", detail)
 
 
 def _state(raw: str) -> ConditionState:
@@ -300,8 +298,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         await _check_body(request)
         return await handler(request)
-    except _RequestError as err:
-        return _error(err.status, err.error, err.detail)
+    except RequestError as err:
+        response = _error(err.status, err.error, err.detail)
+        response.headers.update(err.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -327,9 +327,9 @@ async def _check_body(request: web.Request) -> None:
         await request.read()
 
 
-def _too_large(length: int | None) -> _RequestError:
+def _too_large(length: int | None) -> RequestError:
     got = f", got {length}" if length is not None else ""
-    return _RequestError(
+    return RequestError(
         413,
         "request body too large",
         f"request bodies may be at most {MAX_BODY_BYTES} bytes{got}",

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
+from agent.cli_remote import add_key_parsers, add_remote_parsers, run_keys, run_remote
 from agent.config import AgentSettings, LogConfig, load_settings
 from agent.errors import ConfigError, ProbeError, StoreError
 from agent.logs import configure_logging
@@ -43,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nodemedic`` console script."""
     args = _parser().parse_args(argv)
     command: str = args.command
+    if command == "keys":
+        return run_keys(args)
     config_path = _config_path(args.config)
     try:
         settings = load_settings(config_path)
@@ -65,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_check(settings))
     if command == "events":
         return _tail(settings, node=args.node, event_type=args.type, count=args.count)
+    if command in ("trigger", "approve", "pause", "resume"):
+        return run_remote(args, settings)
     return _run(settings)
 
 
@@ -94,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         "--type", "-t", help="only this event type, or a prefix such as io.nodemedic.condition.*"
     )
     tail.add_argument("--count", type=int, help="exit after this many events")
+    add_key_parsers(sub)
+    add_remote_parsers(sub, help_config)
     return parser
 
 

@@ -40,12 +40,10 @@ from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ByteSize,
     ConfigDict,
     Field,
-    PlainSerializer,
     SecretStr,
     ValidationError,
     field_validator,
@@ -60,59 +58,16 @@ from pydantic_settings import (
 )
 
 from agent.broker_url import BrokerUrl, parse_broker_url
+from agent.config_remote import RemoteConfig
+from agent.config_types import Duration, parse_duration
+from agent.config_types import FrozenModel as _Frozen
+from agent.config_types import format_duration as _format_duration
 from agent.errors import ConfigError, ConfigIssue
 from agent.model import Severity
 from agent.probes.catalog import CATALOG, PROBE_NAMES
 
 ENV_PREFIX = "NODEMEDIC_"
 DEFAULT_RULES_FILE = Path(__file__).parent / "defaults" / "rules.yaml"
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: object) -> timedelta:
-    """Parse ``500ms``, ``10s``, ``5m``, ``1h30m``, ``2d`` (or a timedelta) into a timedelta.
-
-    Raises:
-        ValueError: with a message that shows the accepted forms.
-    """
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        pos = 0
-        total = 0.0
-        for match in _DURATION_PART.finditer(text):
-            if match.start() != pos:
-                break
-            total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-            pos = match.end()
-        if text and pos == len(text):
-            return timedelta(seconds=total)
-    raise ValueError(
-        f"invalid duration {value!r}: use a number with a unit, e.g. 500ms, 10s, 5m, 1h30m, 2d"
-    )
-
-
-def _format_duration(value: timedelta) -> str:
-    ms = round(value.total_seconds() * 1000)
-    if ms % 1000:
-        return f"{ms}ms"
-    return f"{ms // 1000}s"
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(_format_duration, return_type=str),
-]
-"""A duration written as ``500ms``, ``10s``, ``5m``, ``1h`` or ``2d``."""
-
-
-class _Frozen(BaseModel):
-    # Attribute docstrings become field descriptions: docs/configuration.md shows them.
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class NodeConfig(_Frozen):
@@ -555,6 +510,7 @@ class AgentSettings(BaseSettings):
     conditions: ConditionsConfig = Field(default_factory=ConditionsConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    remote: RemoteConfig = Field(default_factory=RemoteConfig)
     rules: tuple[RuleConfig, ...] = Field(default_factory=lambda: tuple(_default_rules()))
 
     @field_validator("rules")

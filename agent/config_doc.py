@@ -4,7 +4,8 @@
 docs/configuration.md, and ``--check`` exits 1 when the file differs from what the models
 say (``make docs`` writes, a test checks). Every field of every section is listed with its
 type, default and description; descriptions are the fields' attribute docstrings (or
-``Field(description=...)``), and a section's text is its model's docstring.
+``Field(description=...)``, or the model docstring's Google-style ``Attributes:``
+section), and a section's text is its model's docstring.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __all__ = ["CONFIG_REFERENCE", "main", "render"]
 import argparse
 import enum
 import inspect
+import re
 import sys
 import types
 from collections.abc import Sequence
@@ -80,7 +82,7 @@ def render() -> str:
         table = _table(section.model, _section_prefix(section.paths), sections)
         title = ", ".join(f"`{path}`" for path in section.paths)
         out.append(f"## {title}\n")
-        doc = _markdown(inspect.cleandoc(section.model.__doc__ or ""))
+        doc = _markdown(_section_text(section.model))
         if doc:
             out.append(doc + "\n")
         out.append(table)
@@ -113,7 +115,7 @@ def _table(model: type[BaseModel], prefix: str, sections: dict[type[BaseModel], 
                     f"`{path}`",
                     _cell(_type_text(info.annotation)),
                     _cell(_default_text(path, info, nested)),
-                    _cell(_description(info, nested)),
+                    _cell(_description(model, name, info, nested)),
                 )
             )
             + " |"
@@ -130,12 +132,42 @@ def _markdown(text: str) -> str:
     return text.replace("``", "`")
 
 
-def _description(info: FieldInfo, nested: type[BaseModel] | None) -> str:
+def _description(
+    model: type[BaseModel], name: str, info: FieldInfo, nested: type[BaseModel] | None
+) -> str:
     if info.description:
         return " ".join(info.description.split())
+    documented = _attributes_section(model).get(name)
+    if documented:
+        return documented
     if nested is not None and nested.__doc__:
         return inspect.cleandoc(nested.__doc__).split("\n\n")[0]
     return ""
+
+
+def _attributes_section(model: type) -> dict[str, str]:
+    """Field descriptions from the ``Attributes:`` sections of the model's docstrings."""
+    found: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        name = None
+        inside = False
+        for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
+            if line.strip() == "Attributes:":
+                inside = True
+            elif inside and re.match(r"    [A-Za-z_]\w*: ", line):
+                name, _, text = line.strip().partition(": ")
+                found[name] = text
+            elif inside and name is not None and line.startswith("        "):
+                found[name] += " " + line.strip()
+            elif inside and line.strip():
+                inside = False
+    return found
+
+
+def _section_text(model: type[BaseModel]) -> str:
+    """The model's docstring without its ``Attributes:`` section (the table shows it)."""
+    doc = inspect.cleandoc(model.__doc__ or "")
+    return re.sub(r"\n*Attributes:\n(?:(?: {4}.*)?\n?)*", "\n", doc).strip()
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:

@@ -97,9 +97,24 @@ def _m2_outbox(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES (?, 0)", (OUTBOX_SHED_KEY,))
 
 
+def _m3_nonces(conn: sqlite3.Connection) -> None:
+    # One row per accepted remote command, kept until the command would have expired:
+    # after that the expiry check alone rejects a replay.
+    conn.execute(
+        "CREATE TABLE command_nonces ("
+        " key_id TEXT NOT NULL,"
+        " nonce TEXT NOT NULL,"
+        " expires_at REAL NOT NULL,"
+        " PRIMARY KEY (key_id, nonce)"
+        ") WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX command_nonces_by_expiry ON command_nonces (expires_at)")
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("event history, sequence counter and conditions", _m1_events_and_conditions),
     Migration("MQTT outbox and its shed counter", _m2_outbox),
+    Migration("remote command nonce cache", _m3_nonces),
 )
 """Every migration, oldest first; append only."""
 

@@ -26,6 +26,7 @@ __all__ = [
     "MqttPublisher",
     "Topics",
     "format_event_line",
+    "send_command",
     "tail_events",
 ]
 
@@ -51,6 +52,7 @@ from agent.backoff import Backoff
 from agent.broker_url import BrokerUrl
 from agent.config import MqttConfig
 from agent.model import Condition, MqttLinkState, MqttStatus
+from agent.remote import CommandReply, IncomingCommand
 from agent.store_outbox import OutboxEntry
 from agent.topics import Topics, format_event_line
 
@@ -155,6 +157,9 @@ class MqttPublisher:
         version: the agent's version, in the birth message.
         outbox: where queued events are read and acknowledged.
         conditions: the node's current conditions, for the retained snapshot.
+        commands: handles remote commands; when set, the node subscribes to its command
+            topic, the fleet command topic and the retained fleet pause, and publishes
+            each reply to the command's MQTT 5 response topic.
         rng: randomness for the backoff jitter.
     """
 
@@ -166,6 +171,7 @@ class MqttPublisher:
         version: str,
         outbox: EventOutbox,
         conditions: Callable[[], Sequence[Condition]],
+        commands: Callable[[IncomingCommand], CommandReply | None] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         if not config.enabled:
@@ -175,6 +181,8 @@ class MqttPublisher:
         self._version = version
         self._outbox = outbox
         self._conditions = conditions
+        self._commands = commands
+        self._replies: set[asyncio.Task[None]] = set()
         self._topics = Topics(config.topic_prefix, node)
         self._brokers = config.brokers
         self._backoff = Backoff(
@@ -324,6 +332,8 @@ class MqttPublisher:
                 await self._publish_state(client, _status_payload("online", session, self._version))
                 self._set_state(MqttLinkState.CONNECTED, None)
                 self._conditions_dirty = True
+                if self._commands is not None:
+                    await self._subscribe_commands(client)
                 try:
                     await self._serve(client)
                 except _DrainedError:
@@ -415,11 +425,78 @@ class MqttPublisher:
                     raise _leaf(found) from None
             raise
 
+    async def _subscribe_commands(self, client: aiomqtt.Client) -> None:
+        topics = self._topics
+        filters = [(topics.commands, 1), (topics.fleet_commands, 1), (topics.fleet_pause, 1)]
+        granted: Sequence[int | ReasonCode] = await client.subscribe(
+            filters, timeout=_STATE_TIMEOUT
+        )
+        refused = [
+            topic
+            for (topic, _), code in zip(filters, granted, strict=False)
+            if _subscribe_failed(code)
+        ]
+        if refused:
+            # Publishing still works; commands on these topics will not reach this node.
+            log.error(
+                "MQTT: broker %s refused the subscription to %s; check its ACL",
+                self._broker,
+                ", ".join(refused),
+            )
+
+    def _on_message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        if self._commands is None:
+            log.debug("MQTT: ignoring a message on %s", message.topic)
+            return
+        payload = message.payload
+        raw = payload if isinstance(payload, bytes) else str(payload).encode()
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        incoming = IncomingCommand(
+            payload=raw,
+            via=f"mqtt:{message.topic.value}",
+            retained=message.topic.matches(self._topics.fleet_pause),
+            response_topic=response_topic,
+            correlation_data=correlation,
+        )
+        try:
+            reply = self._commands(incoming)
+        except Exception:  # a handler bug must not drop the link
+            log.exception("MQTT: handling a command on %s failed", message.topic)
+            return
+        if reply is None or not response_topic:
+            return
+        task = asyncio.create_task(
+            self._reply(client, response_topic, correlation, reply), name="mqtt-reply"
+        )
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    async def _reply(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        correlation: bytes | None,
+        reply: CommandReply,
+    ) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ContentType = "application/json"
+        if correlation is not None:
+            props.CorrelationData = correlation
+        try:
+            await client.publish(
+                topic, reply.to_json(), qos=1, properties=props, timeout=self._publish_timeout
+            )
+        except (aiomqtt.MqttError, ValueError) as err:
+            # The outcome is also an event in the outbox; a lost reply loses no record.
+            log.warning("MQTT: cannot publish a command reply to %s: %s", topic, err)
+
     async def _watch(self, client: aiomqtt.Client) -> None:
         # The message iterator is how aiomqtt reports a dropped connection.
         try:
             async for message in client.messages:
-                log.debug("MQTT: ignoring a message on %s", message.topic)
+                self._on_message(client, message)
         except aiomqtt.MqttError as err:
             raise _LinkLostError(str(err.__cause__ or err)) from err
         raise _LinkLostError("the connection ended")
@@ -530,6 +607,12 @@ class MqttPublisher:
             log.debug("MQTT: %s: %s", state.value, reason)
 
 
+def _subscribe_failed(code: int | ReasonCode) -> bool:
+    # MQTT 5 answers with reason codes, 3.1.1 with granted QoS numbers; 0x80+ is a refusal.
+    value = code.value if isinstance(code, ReasonCode) else code
+    return value >= 0x80
+
+
 def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     first = group.exceptions[0]
     return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -594,6 +677,28 @@ def _classify(
 # -- events tail ----------------------------------------------------------------------
 
 
+def _oneshot_client(
+    config: MqttConfig, broker: BrokerUrl, role: str, paho_log: _PahoLog
+) -> aiomqtt.Client:
+    """A short-lived client for the CLI (tail, trigger), with a random client id."""
+    password = config.password.get_secret_value() if config.password is not None else None
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        identifier=f"nodemedic-{role}-{secrets.token_hex(4)}",
+        username=config.username,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V5
+        if config.protocol == "5"
+        else aiomqtt.ProtocolVersion.V311,
+        keepalive=int(config.keepalive.total_seconds()),
+        timeout=config.connect_timeout.total_seconds(),
+        tls_context=_tls_context(config) if broker.tls else None,
+        tls_insecure=(not config.tls.check_hostname) if broker.tls else None,
+        logger=paho_log,
+    )
+
+
 async def tail_events(
     config: MqttConfig,
     *,
@@ -614,35 +719,13 @@ async def tail_events(
     failures: list[str] = []
     for broker in config.brokers:
         paho_log = _PahoLog()
-        tls_context = _tls_context(config) if broker.tls else None
-        password = config.password.get_secret_value() if config.password is not None else None
-        client = aiomqtt.Client(
-            broker.host,
-            broker.port,
-            identifier=f"nodemedic-tail-{secrets.token_hex(4)}",
-            username=config.username,
-            password=password,
-            protocol=aiomqtt.ProtocolVersion.V5
-            if config.protocol == "5"
-            else aiomqtt.ProtocolVersion.V311,
-            keepalive=int(config.keepalive.total_seconds()),
-            timeout=config.connect_timeout.total_seconds(),
-            tls_context=tls_context,
-            tls_insecure=(not config.tls.check_hostname) if broker.tls else None,
-            logger=paho_log,
-        )
+        client = _oneshot_client(config, broker, "tail", paho_log)
         try:
             async with client:
                 await client.subscribe(topic, qos=1)
                 async for message in client.messages:
-                    payload = message.payload
-                    if not isinstance(payload, bytes | bytearray):
-                        continue
-                    try:
-                        event = json.loads(payload)
-                    except ValueError:
-                        continue
-                    if not isinstance(event, dict):
+                    event = _json_object(message.payload)
+                    if event is None:
                         continue
                     if prefix is not None and not str(event.get("type", "")).startswith(prefix):
                         continue
@@ -651,3 +734,67 @@ async def tail_events(
         except aiomqtt.MqttError as err:
             failures.append(_classify(err, paho_log.last_error, broker).reason)
     raise ConnectionError("; ".join(failures) or "no broker configured")
+
+
+async def send_command(
+    config: MqttConfig,
+    *,
+    topic: str,
+    payload: bytes,
+    expiry: int,
+    retain: bool = False,
+    wait: float = 0.0,
+) -> AsyncGenerator[dict[str, Any]]:
+    """Publish a signed command and yield the replies that arrive within ``wait`` seconds.
+
+    The command carries a fresh response topic and correlation data (MQTT 5) and a
+    message expiry of ``expiry`` seconds, so a broker never delivers it late.
+
+    Raises:
+        ConnectionError: when no broker accepts the connection or the publish.
+        ValueError: when the configuration speaks MQTT 3.1.1, which has no replies.
+    """
+    if config.protocol != "5":
+        raise ValueError("remote commands need MQTT 5 (mqtt.protocol: 5) for expiry and replies")
+    correlation = secrets.token_bytes(16)
+    reply_topic = f"{config.topic_prefix}/replies/{secrets.token_hex(8)}"
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.MessageExpiryInterval = max(1, expiry)
+    props.ContentType = "application/json"
+    if not retain:
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = correlation
+    failures: list[str] = []
+    for broker in config.brokers:
+        paho_log = _PahoLog()
+        client = _oneshot_client(config, broker, "trigger", paho_log)
+        try:
+            async with client:
+                if wait > 0 and not retain:
+                    await client.subscribe(reply_topic, qos=1)
+                await client.publish(topic, payload, qos=1, retain=retain, properties=props)
+                if wait <= 0 or retain:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        async for message in client.messages:
+                            message_props = message.properties
+                            if getattr(message_props, "CorrelationData", None) != correlation:
+                                continue
+                            reply = _json_object(message.payload)
+                            if reply is not None:
+                                yield reply
+                return
+        except aiomqtt.MqttError as err:
+            failures.append(_classify(err, paho_log.last_error, broker).reason)
+    raise ConnectionError("; ".join(failures) or "no broker configured")
+
+
+def _json_object(payload: object) -> dict[str, Any] | None:
+    if not isinstance(payload, bytes | bytearray):
+        return None
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

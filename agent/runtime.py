@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from agent import __version__
 from agent.api import ApiServer
+from agent.backoff import Backoff
 from agent.bus import EventBus
 from agent.config import AgentSettings
 from agent.errors import ProbeError, StoreCorruptError, StoreError
@@ -61,8 +62,8 @@ PROBE_UP = "nodemedic_probe_up"
 OUTBOX_USED = "nodemedic_mqtt_outbox_used_ratio"
 _LAG_PERIOD = 0.5
 _AGENT_SAMPLE_PERIOD = 1.0
-_WATCH_RETRY = 5.0
-"""Seconds before a push probe whose watch failed is watched again (at most its interval)."""
+_WATCH_RETRY_MIN = 0.5
+"""First pause before a failed push probe is watched again; it doubles up to its interval."""
 
 
 class _StopRequestedError(Exception):
@@ -257,13 +258,16 @@ class Agent:
         return self._probe_loop(cast(Probe, probe))
 
     async def _watch_loop(self, probe: PushProbe) -> None:
-        """Apply a push probe's updates as they come; restart ``watch`` when it fails."""
+        """Apply a push probe's updates as they come; watch again, backing off, when it fails."""
         loop = asyncio.get_running_loop()
+        backoff = Backoff(initial=_WATCH_RETRY_MIN, maximum=max(_WATCH_RETRY_MIN, probe.interval))
         while True:
             try:
                 async for update in probe.watch():
                     self._record(probe.name, update, started=self._clock(), duration=0.0)
                     self._progress[probe.name] = loop.time()
+                    if update.error is None:
+                        backoff.reset()
                 error = f"probe {probe.name}: its watch ended"
             except ProbeError as err:
                 error = str(err)
@@ -272,7 +276,7 @@ class Agent:
                 error = f"unexpected {type(err).__name__}: {err}"
             self._record(probe.name, ProbeUpdate(error=error), started=self._clock(), duration=0.0)
             self._progress[probe.name] = loop.time()
-            await asyncio.sleep(min(probe.interval, _WATCH_RETRY))
+            await asyncio.sleep(backoff.next())
 
     async def _run_probe(self, probe: Probe) -> None:
         started = self._clock()

@@ -405,6 +405,26 @@ class Store:
             size_bytes=int(pages) * int(page_size),
         )
 
+    # remote command nonces
+
+    def claim_nonce(self, key_id: str, nonce: str, *, expires_at: float, now: float) -> bool:
+        """Record a command's nonce; False when it was seen before (a replay).
+
+        Nonces of commands that have expired are forgotten in the same transaction: the
+        expiry check rejects those commands on its own, so the cache stays bounded by
+        what can still be valid.
+
+        Raises:
+            StoreError: when the database cannot be written.
+        """
+        with self._transaction("record a command nonce") as conn:
+            conn.execute("DELETE FROM command_nonces WHERE expires_at < ?", (now,))
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO command_nonces (key_id, nonce, expires_at) VALUES (?, ?, ?)",
+                (key_id, nonce, expires_at),
+            ).rowcount
+        return inserted == 1
+
     # plumbing
 
     def _connection(self) -> sqlite3.Connection:

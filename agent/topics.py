@@ -26,6 +26,21 @@ class Topics:
         """Retained snapshot of the node's conditions."""
         return f"{self.prefix}/nodes/{self.node}/conditions"
 
+    @property
+    def commands(self) -> str:
+        """Commands addressed to this node."""
+        return f"{self.prefix}/nodes/{self.node}/commands"
+
+    @property
+    def fleet_commands(self) -> str:
+        """Commands to every node whose selector matches."""
+        return f"{self.prefix}/fleet/commands"
+
+    @property
+    def fleet_pause(self) -> str:
+        """The retained, signed fleet-wide pause of remediation."""
+        return f"{self.prefix}/fleet/pause"
+
     def event(self, event_type: str) -> str:
         """Where events of ``event_type`` are published."""
         # Event types are ours, but a topic level must never carry a wildcard or a '/'.

@@ -33,7 +33,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -241,8 +241,12 @@ class MosquittoBroker:
         max_inflight_messages: int = 20,
         autosave_interval: int | None = None,
         log_types: tuple[str, ...] = ("error", "warning", "notice", "information"),
+        acl_file: Path | None = None,
+        users: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.acl_file = acl_file
+        self.users = dict(users or {})
         self.pki = pki
         self.persistence = persistence
         self.data_dir = workdir / "data"
@@ -396,12 +400,13 @@ class MosquittoBroker:
     def _write_password_file(self) -> None:
         self.password_file.write_text("", encoding="utf-8")
         self.password_file.chmod(0o600)
-        subprocess.run(
-            [MOSQUITTO_PASSWD, "-b", str(self.password_file), self.username, self.good_password],
-            check=True,
-            capture_output=True,
-            timeout=10,
-        )
+        for user, password in {self.username: self.good_password, **self.users}.items():
+            subprocess.run(
+                [MOSQUITTO_PASSWD, "-b", str(self.password_file), user, password],
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
 
     def _write_config(self) -> None:
         lines = [
@@ -428,6 +433,7 @@ class MosquittoBroker:
             f"listener {self.port_password} {self.host}",
             "allow_anonymous false",
             f"password_file {self.password_file}",
+            *([f"acl_file {self.acl_file}"] if self.acl_file is not None else []),
             f"listener {self.port_tls} {self.host}",
             "allow_anonymous true",
             f"cafile {self.pki.ca_cert}",
@@ -512,6 +518,8 @@ def mosquitto_factory_fixture(tmp_path: Path, mqtt_pki: TestPKI) -> Iterator[Bro
         max_queued_messages: int = 0,
         max_inflight_messages: int = 20,
         autosave_interval: int | None = None,
+        acl_file: Path | None = None,
+        users: Mapping[str, str] | None = None,
     ) -> MosquittoBroker:
         broker = MosquittoBroker(
             tmp_path / name,
@@ -520,6 +528,8 @@ def mosquitto_factory_fixture(tmp_path: Path, mqtt_pki: TestPKI) -> Iterator[Bro
             max_queued_messages=max_queued_messages,
             max_inflight_messages=max_inflight_messages,
             autosave_interval=autosave_interval,
+            acl_file=acl_file,
+            users=users,
         )
         made.append(broker)
         broker.start()

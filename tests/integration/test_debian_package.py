@@ -6,7 +6,8 @@ with Debian's own tools: ``lintian``, ``dpkg-deb --info`` and ``dpkg-deb --conte
 The virtualenv is relocatable enough to run from the extracted tree (it finds its
 ``pyvenv.cfg`` beside ``bin/``), which shows that the shipped agent imports and accepts
 the shipped configuration. Installing it with dpkg into a booted systemd is the job of
-tests/integration/test_service_nspawn.py.
+tests/integration/test_service_nspawn.py. The ``deb`` fixture is in
+tests/integration/conftest.py, so both share one build.
 """
 
 from __future__ import annotations
@@ -24,24 +25,11 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.deb
 
-BUILD = REPO / "packaging" / "deb" / "build"
-
 
 def _run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(arg) for arg in args], capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-@pytest.fixture(scope="session")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built package (one build per session)."""
-    outdir = tmp_path_factory.mktemp("deb")
-    result = _run(BUILD, outdir, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    path = Path(result.stdout.strip().splitlines()[-1])
-    assert path.is_file(), result.stdout
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,9 @@ import pytest
 import pytest_asyncio
 
 from agent.config import AgentSettings, RuleConfig
+from agent.errors import ProbeError
 from agent.model import ConditionState, Sample
-from agent.probes.base import BlockingProbe, Probe
+from agent.probes.base import BlockingProbe, Probe, ProbeEvent, ProbeUpdate
 from agent.probes.memory import MemoryProbe
 from agent.runtime import Agent
 from agent.store import Store
@@ -233,3 +234,78 @@ async def test_stop_is_prompt_while_a_probe_thread_hangs(tmp_path: Path) -> None
         store.close()
     assert [e.type for e in events][-1] == "io.nodemedic.agent.stopping"
     assert "io.nodemedic.probe.failed" in [e.type for e in events]
+
+
+class ScriptedPushProbe:
+    """A push probe fed by the test: each update put on its queue is yielded at once.
+
+    Putting an exception makes ``watch`` raise it, as a probe whose source vanished does.
+    """
+
+    name = "load"
+    interval = 5.0
+    timeout = 1.0
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[ProbeUpdate | Exception] = asyncio.Queue()
+        self.watches = 0
+
+    async def watch(self) -> AsyncIterator[ProbeUpdate]:
+        """Yield what the test queues; raise what the test queues."""
+        self.watches += 1
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@pytest.mark.asyncio
+async def test_a_push_probe_drives_rules_events_and_recovers_from_a_lost_source(
+    tmp_path: Path,
+) -> None:
+    high_load = RuleConfig.model_validate(
+        {"name": "load-high", "metric": "nodemedic_load1", "op": ">", "threshold": 4}
+    )
+    settings = _settings(tmp_path).model_copy(update={"rules": (PROBE_FAILING, high_load)})
+    probe = ScriptedPushProbe()
+    agent = Agent(settings, probes=[probe])
+    task = asyncio.create_task(agent.run())
+
+    def state(rule: str) -> ConditionState | None:
+        found = [c.state for c in agent.conditions() if c.rule == rule]
+        return found[0] if found else None
+
+    try:
+        await probe.queue.put(ProbeUpdate(samples=[Sample.of("nodemedic_load1", 1.0)]))
+        await _until(lambda: agent.readiness()[0])
+
+        await probe.queue.put(
+            ProbeUpdate(
+                samples=[Sample.of("nodemedic_load1", 9.0)],
+                events=[ProbeEvent("io.nodemedic.kernel.oom_kill", "kworker", {"pid": 7})],
+            )
+        )
+        await _until(lambda: state("load-high") is ConditionState.FIRING)
+        oom = agent.events(type="io.nodemedic.kernel.oom_kill", since=0, limit=10)
+        assert [(e.subject, dict(e.data)) for e in oom] == [("kworker", {"pid": 7})]
+
+        # The source is gone: the probe shows down, its condition is kept, not resolved.
+        await probe.queue.put(ProbeUpdate(error="probe load: the bus went away"))
+        await _until(lambda: not {s.name: s for s in agent.probe_statuses()}["load"].up)
+        assert state("load-high") is ConditionState.FIRING
+        assert state("probe-failing") is ConditionState.FIRING
+
+        # A watch that raises is watched again; its next update brings the probe back.
+        await probe.queue.put(ProbeError("probe load: connection reset"))
+        await _until(lambda: probe.watches == 2)
+        await probe.queue.put(ProbeUpdate(samples=[Sample.of("nodemedic_load1", 0.5)]))
+        await _until(lambda: state("load-high") is ConditionState.RESOLVED)
+        assert {s.name: s for s in agent.probe_statuses()}["load"].up
+        assert state("probe-failing") is ConditionState.RESOLVED
+    finally:
+        agent.request_stop()
+        await asyncio.wait_for(task, 5)

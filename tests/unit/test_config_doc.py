@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 from pydantic import BaseModel
 
@@ -19,10 +20,12 @@ def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, info in model.model_fields.items():
         path = f"{prefix}.{info.alias or name}" if prefix else (info.alias or name)
         annotation = info.annotation
+        items = [arg for arg in get_args(annotation) if arg is not Ellipsis]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             paths.extend(_leaf_paths(annotation, path))
-        elif path == "rules":
-            paths.extend(_leaf_paths(type(AgentSettings().rules[0]), "rules[]"))
+        elif len(items) == 1 and isinstance(items[0], type) and issubclass(items[0], BaseModel):
+            paths.append(path)
+            paths.extend(_leaf_paths(items[0], f"{path}[]"))
         else:
             paths.append(path)
     return paths
@@ -50,6 +53,7 @@ def test_reference_lists_every_setting_with_type_default_and_description() -> No
     paths = _leaf_paths(AgentSettings)
     assert "mqtt.outbox.max_bytes" in paths
     assert "rules[].for" in paths
+    assert "remote.keys[].id" in paths
     for path in paths:
         # A model several entries share (every plain probe's options) is listed once.
         key = path if path in rows else "probes.<name>." + path.rsplit(".", 1)[1]
