@@ -25,7 +25,7 @@ export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
 	@echo "make test   - install test dependencies and run lint, types and the whole test suite"
-	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make bench  - run the benchmarks under bench/ (agent overhead, MQTT, process scan)"
 	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
 	@echo "make docs   - regenerate docs/configuration.md from the config models"
 	@echo "make deb    - build dist/nodemedic_<version>_<arch>.deb (packaging/deb/build)"
@@ -80,6 +80,7 @@ test: lint typecheck pytest
 
 bench: venv bench-mqtt
 	$(BIN)/python -m bench.agent_overhead
+	$(BIN)/python -m bench.process_scan
 
 # MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
 bench-mqtt: venv apt-test

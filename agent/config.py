@@ -23,6 +23,8 @@ __all__ = [
     "NodeConfig",
     "ProbeConfig",
     "ProbesConfig",
+    "ProcessGroupConfig",
+    "ProcessesProbeConfig",
     "RuleConfig",
     "load_settings",
     "parse_duration",
@@ -229,6 +231,77 @@ class NetworkProbeConfig(ProbeConfig):
         return _check_regex(value)
 
 
+_UNIT_SUFFIXES = (".service", ".scope", ".slice", ".socket", ".mount", ".swap")
+_COMM_MAX = 15
+"""The kernel keeps a process name (``comm``) in 16 bytes with the final NUL."""
+
+
+class ProcessGroupConfig(_Frozen):
+    """One named group of processes for the ``processes`` probe.
+
+    Membership comes from ``pidfile`` or ``unit`` (the unit's cgroup) when one is given,
+    else from every process on the host; ``comm``, ``cmdline`` and ``user`` then narrow it.
+    Every matcher given must hold. ``min_count`` and ``max_rss_bytes`` feed the default
+    rules (``process-group-missing``, ``process-group-rss-over-limit``).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$", max_length=100)
+    comm: str | None = Field(default=None, min_length=1)
+    cmdline: str | None = Field(default=None, min_length=1)
+    pidfile: Path | None = None
+    user: str | None = Field(default=None, min_length=1)
+    unit: str | None = Field(default=None, min_length=1)
+    min_count: int = Field(default=1, ge=0)
+    max_rss_bytes: ByteSize | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _matchers(self) -> Self:
+        where = f"group {self.name!r}"
+        if not any((self.comm, self.cmdline, self.pidfile, self.user, self.unit)):
+            raise ValueError(f"{where}: give at least one of comm, cmdline, pidfile, user or unit")
+        if self.pidfile is not None and self.unit is not None:
+            raise ValueError(f"{where}: give pidfile or unit, not both")
+        if self.comm is not None and len(self.comm.encode()) > _COMM_MAX:
+            raise ValueError(
+                f"{where}: comm: {self.comm!r} is longer than the kernel's {_COMM_MAX}-byte "
+                "process name, so it would never match; match it with cmdline instead"
+            )
+        if self.cmdline is not None:
+            try:
+                re.compile(self.cmdline)
+            except re.error as err:
+                raise ValueError(
+                    f"{where}: cmdline: invalid regular expression {self.cmdline!r}: {err}"
+                ) from err
+        if self.pidfile is not None and not self.pidfile.is_absolute():
+            raise ValueError(f"{where}: pidfile: {str(self.pidfile)!r} must be an absolute path")
+        if self.unit is not None:
+            parts = self.unit.split("/")
+            if not self.unit.endswith(_UNIT_SUFFIXES) or any(p in ("", ".", "..") for p in parts):
+                raise ValueError(
+                    f"{where}: unit: {self.unit!r} is not a unit name such as nginx.service "
+                    "(or a cgroup path below the root such as user.slice/user@1000.service)"
+                )
+        return self
+
+
+class ProcessesProbeConfig(ProbeConfig):
+    """The ``processes`` probe: the groups to watch (none by default: the probe is idle)."""
+
+    groups: tuple[ProcessGroupConfig, ...] = ()
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_groups(
+        cls, groups: tuple[ProcessGroupConfig, ...]
+    ) -> tuple[ProcessGroupConfig, ...]:
+        names = [group.name for group in groups]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"duplicate group name {repeated[0]!r}; group names must be unique")
+        return groups
+
+
 def _check_regex(value: str) -> str:
     try:
         re.compile(value)
@@ -260,6 +333,7 @@ class ProbesConfig(_Frozen):
     fds: ProbeConfig = _probe(30)
     clock: ProbeConfig = _probe(60)
     sensors: ProbeConfig = _probe(30)
+    processes: ProcessesProbeConfig = Field(default_factory=ProcessesProbeConfig)
 
     def items(self) -> list[tuple[str, ProbeConfig]]:
         """(name, config) for every probe, in the catalog's order."""
@@ -526,6 +600,13 @@ class AgentSettings(BaseSettings):
     @model_validator(mode="after")
     def _rules_have_probes(self) -> Self:
         enabled = set(self.probes.enabled()) | {"agent"}
+        if "rules" not in self.model_fields_set:
+            # The shipped rules follow the probes: disabling a probe drops its default
+            # rules rather than making the operator rewrite the rule list. (The model is
+            # frozen; this runs while it is being built.)
+            kept = tuple(r for r in self.rules if CATALOG[r.metric].probe in enabled)
+            object.__setattr__(self, "rules", kept)
+            return self
         for rule in self.rules:
             probe = CATALOG[rule.metric].probe
             if probe not in enabled:

@@ -21,6 +21,7 @@ __all__ = [
     "Probe",
     "ProbeEvent",
     "ProbeUpdate",
+    "ProcessesProbe",
     "PushProbe",
     "SensorsProbe",
     "build_probes",
@@ -40,6 +41,7 @@ from agent.probes.load import LoadProbe
 from agent.probes.memory import MemoryProbe
 from agent.probes.network import NetworkProbe
 from agent.probes.pressure import PressureProbe
+from agent.probes.processes import ProcessesProbe
 from agent.probes.sensors import SensorsProbe
 
 if TYPE_CHECKING:
@@ -92,5 +94,11 @@ def build_probes(
         "fds": lambda: FdsProbe(proc=proc, **timing(config.fds)),
         "clock": lambda: ClockProbe(**timing(config.clock)),
         "sensors": lambda: SensorsProbe(**timing(config.sensors)),
+        "processes": lambda: ProcessesProbe(
+            groups=config.processes.groups,
+            proc=proc,
+            cgroup=sys / "fs" / "cgroup",
+            **timing(config.processes),
+        ),
     }
     return [factories[name]() for name in config.enabled()]

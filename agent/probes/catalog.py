@@ -53,12 +53,14 @@ PROBE_NAMES: tuple[str, ...] = (
     "fds",
     "clock",
     "sensors",
+    "processes",
 )
 
 G = MetricKind.GAUGE
 C = MetricKind.COUNTER
 _FS = ("mountpoint", "device", "fstype")
 _PSI = ("resource",)
+_GROUP = ("group",)
 
 _SPECS: tuple[MetricSpec, ...] = (
     # cpu
@@ -374,6 +376,96 @@ _SPECS: tuple[MetricSpec, ...] = (
         "celsius",
         ("chip", "sensor"),
         "Critical temperature of a hardware sensor, where known.",
+    ),
+    # processes: one series per configured group
+    MetricSpec(
+        "nodemedic_process_group_processes",
+        "processes",
+        G,
+        "",
+        _GROUP,
+        "Processes in the group.",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_missing",
+        "processes",
+        G,
+        "bool",
+        _GROUP,
+        "1 when the group has fewer processes than its min_count (default 1).",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_cpu_cores",
+        "processes",
+        G,
+        "cores",
+        _GROUP,
+        "CPU time (user + system) per second over the last interval; 1 is one core busy.",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_rss_bytes",
+        "processes",
+        G,
+        "bytes",
+        _GROUP,
+        "Resident memory of the group's processes, summed.",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_rss_over_limit",
+        "processes",
+        G,
+        "bool",
+        _GROUP,
+        "1 when the group's RSS is above its max_rss_bytes (only for groups that set it).",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_fds",
+        "processes",
+        G,
+        "",
+        _GROUP,
+        "Open file descriptors of the group's processes, summed (those the agent may read).",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_fds_limit_ratio",
+        "processes",
+        G,
+        "ratio",
+        _GROUP,
+        "Highest share of its soft RLIMIT_NOFILE any process of the group has open.",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_threads",
+        "processes",
+        G,
+        "",
+        _GROUP,
+        "Threads of the group's processes, summed.",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_zombies",
+        "processes",
+        G,
+        "",
+        _GROUP,
+        "Processes of the group that are zombies (exited, not yet reaped).",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_restarts_total",
+        "processes",
+        C,
+        "",
+        _GROUP,
+        "Runs in which a group that has had processes gained new PIDs (respawns), "
+        "since the agent started.",
+    ),
+    MetricSpec(
+        "nodemedic_process_group_oldest_age_seconds",
+        "processes",
+        G,
+        "seconds",
+        _GROUP,
+        "Age of the group's oldest process (absent while the group is empty).",
     ),
     # the agent's own health, usable by rules
     MetricSpec(

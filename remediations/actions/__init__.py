@@ -1,1 +1,4 @@
-"""Remediation actions: one module per kind, each implementing :class:`~remediations.actions.base.Action`."""
+"""Remediation actions: one module per kind of step.
+
+Each implements :class:`~remediations.actions.base.Action`.
+"""

@@ -62,7 +62,7 @@ def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
 def test_bundled_config_is_valid() -> None:
     result = run_cli("validate", "--config", str(BUNDLED))
     assert result.returncode == 0, result.stderr
-    assert "valid (12 rules, 10 probes enabled)" in result.stdout
+    assert "valid (15 rules, 11 probes enabled)" in result.stdout
 
 
 def test_environment_override_applies_and_is_named_when_wrong() -> None:
@@ -71,7 +71,7 @@ def test_environment_override_applies_and_is_named_when_wrong() -> None:
     )
     # The default rule set has no sensor rule, so disabling the probe is valid.
     assert ok.returncode == 0, ok.stderr
-    assert "9 probes enabled" in ok.stdout
+    assert "10 probes enabled" in ok.stdout
     bad = run_cli("validate", "--config", str(BUNDLED), env={"NODEMEDIC_API__LISTEN": "nowhere"})
     assert bad.returncode == 78
     assert "environment NODEMEDIC_API__LISTEN: api.listen:" in bad.stderr

@@ -68,6 +68,21 @@ def test_default_rules_apply_unless_the_file_lists_rules(tmp_path: Path) -> None
     assert none.rules == ()
 
 
+def test_disabling_a_probe_drops_its_default_rules_but_not_listed_ones(tmp_path: Path) -> None:
+    text = "probes: {sensors: {enabled: false}, clock: {enabled: false}}\n"
+    settings = load_settings(_write(tmp_path, text), environ={})
+    names = {r.name for r in settings.rules}
+    assert "filesystem-almost-full" in names
+    assert "clock-unsynchronised" not in names
+
+    listed = (
+        text
+        + "rules: [{name: hot, metric: nodemedic_temperature_celsius, op: '>', threshold: 90}]\n"
+    )
+    with pytest.raises(ConfigError, match="disabled probe 'sensors'"):
+        load_settings(_write(tmp_path, listed), environ={})
+
+
 def test_rule_for_is_read_from_its_yaml_key(tmp_path: Path) -> None:
     path = _write(
         tmp_path,

@@ -1,0 +1,331 @@
+"""Process groups: count, CPU, memory, descriptors, threads, zombies, restarts and age.
+
+One pass over procfs per run serves every configured group, and it reads only what the
+groups need: ``/proc/PID/stat`` for groups matched by ``comm`` (it holds the name as well
+as every figure the probe reports), the owner of ``/proc/PID`` for ``user``, and
+``cmdline`` only for processes that passed a group's other matchers. Groups given by a
+``pidfile`` or a systemd ``unit`` (the processes listed in its cgroup) need no scan at
+all. Only members get their descriptors counted.
+
+A process that exits mid-run, or that the agent may not inspect, is skipped (debug log):
+on a busy host that happens every run and is not a failure.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ProcessesProbe"]
+
+import logging
+import os
+import pwd
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.model import LabelSet, Sample, labelset
+from agent.probes.base import BlockingProbe, Clock
+from agent.probes.procfs_reader import (
+    ProcReader,
+    ProcStat,
+    cgroup_pids,
+    comm_of,
+    parse_stat,
+    read_pidfile,
+)
+
+if TYPE_CHECKING:
+    # agent.config imports the catalog, and so this package: only types at run time.
+    from agent.config import ProcessGroupConfig
+
+log = logging.getLogger(__name__)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+_Key = tuple[int, int]
+"""A process identity that survives PID reuse: (pid, start time in ticks)."""
+
+_GONE = (FileNotFoundError, ProcessLookupError)
+"""What reading a process that exited raises (ESRCH for a zombie's or a dying task's files)."""
+
+
+@dataclass(slots=True)
+class _Group:
+    """A configured group, compiled, with what it remembers between runs."""
+
+    config: ProcessGroupConfig
+    labels: LabelSet
+    comm: bytes | None
+    cmdline: re.Pattern[str] | None
+    uid: int | None = None
+    last_members: frozenset[_Key] = frozenset()
+    restarts: int = 0
+    problems: dict[str, str] = field(default_factory=dict)
+    scanned: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scanned = self.config.pidfile is None and self.config.unit is None
+
+
+@dataclass(slots=True)
+class _Run:
+    """What one run has read so far, shared by every group."""
+
+    stats: dict[int, bytes] = field(default_factory=dict)
+    parsed: dict[int, ProcStat] = field(default_factory=dict)
+    cmdlines: dict[int, str] = field(default_factory=dict)
+    uids: dict[int, int] = field(default_factory=dict)
+    ticks: dict[_Key, int] = field(default_factory=dict)
+
+
+class ProcessesProbe(BlockingProbe):
+    """Emits the ``nodemedic_process_group_*`` series for each configured group.
+
+    Args:
+        groups: the configured groups (none: the probe reads nothing and emits nothing).
+        interval: seconds between runs.
+        timeout: seconds one run may take.
+        proc: where procfs is mounted (a fixture tree in tests).
+        cgroup: where the cgroup hierarchies are mounted, for ``unit`` groups.
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        groups: Sequence[ProcessGroupConfig] = (),
+        interval: float = 10.0,
+        timeout: float = 10.0,
+        proc: Path = Path("/proc"),
+        cgroup: Path = Path("/sys/fs/cgroup"),
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(name="processes", interval=interval, timeout=timeout, clock=clock)
+        self._reader = ProcReader(proc)
+        self._cgroup = cgroup
+        self._groups = [
+            _Group(
+                config=group,
+                labels=labelset(group=group.name),
+                comm=group.comm.encode() if group.comm is not None else None,
+                cmdline=re.compile(group.cmdline) if group.cmdline is not None else None,
+            )
+            for group in groups
+        ]
+        self._previous_ticks: dict[_Key, int] = {}
+        self._previous_uptime: float | None = None
+
+    def collect(self) -> list[Sample]:
+        """One pass over procfs, then each group's figures."""
+        if not self._groups:
+            return []
+        uptime = self._reader.uptime()
+        run = _Run()
+        members = self._members(run)
+        samples: list[Sample] = []
+        for group, pids in zip(self._groups, members, strict=True):
+            samples.extend(self._measure(group, pids, run, uptime))
+        self._previous_ticks = run.ticks
+        self._previous_uptime = uptime
+        return samples
+
+    def _members(self, run: _Run) -> list[list[int]]:
+        """Each group's member PIDs, in the order of the groups."""
+        found: list[list[int]] = [[] for _ in self._groups]
+        for group in self._groups:
+            self._resolve_user(group)
+        scanned = [
+            (group, found[index])
+            for index, group in enumerate(self._groups)
+            if group.scanned and _can_match(group)
+        ]
+        if scanned:
+            for pid in self._reader.pids():
+                for group, hits in scanned:
+                    if self._matches(group, pid, run):
+                        hits.append(pid)
+        for group, hits in zip(self._groups, found, strict=True):
+            if not group.scanned:
+                candidates = self._sourced(group)
+                hits.extend(pid for pid in candidates if self._matches(group, pid, run))
+        return found
+
+    def _matches(self, group: _Group, pid: int, run: _Run) -> bool:
+        # Cheapest test first (the owner is one stat(2), stat is reused for a member's
+        # figures, cmdline is the dearest); each file is read at most once per run.
+        try:
+            if group.config.user is not None:
+                uid = run.uids.get(pid)
+                if uid is None:
+                    uid = run.uids[pid] = self._reader.effective_uid(pid)
+                if uid != group.uid:
+                    return False
+            if group.comm is not None:
+                raw = run.stats.get(pid)
+                if raw is None:
+                    raw = run.stats[pid] = self._reader.stat(pid)
+                if comm_of(raw) != group.comm:
+                    return False
+            if group.cmdline is not None:
+                line = run.cmdlines.get(pid)
+                if line is None:
+                    line = run.cmdlines[pid] = self._reader.cmdline(pid)
+                if group.cmdline.search(line) is None:
+                    return False
+        except (*_GONE, PermissionError) as err:
+            log.debug("processes: skipping pid %d: %s", pid, err)
+            return False
+        return True
+
+    def _sourced(self, group: _Group) -> list[int]:
+        """The PIDs of a pidfile or unit group; an empty list when it is not running."""
+        config = group.config
+        pids: list[int] | None = []
+        problem: str | None = None
+        try:
+            if config.pidfile is not None:
+                pids = [read_pidfile(config.pidfile)]
+            elif config.unit is not None:
+                pids = cgroup_pids(self._cgroup, config.unit)
+        except FileNotFoundError:
+            pids = []  # no pidfile: not running
+        except (OSError, ValueError) as err:
+            problem = str(err)
+        _report_problem(group, "membership", problem)
+        return list(dict.fromkeys(pids or ()))  # cgroup v1 may list a PID twice
+
+    def _resolve_user(self, group: _Group) -> None:
+        user = group.config.user
+        if user is None or group.uid is not None:
+            return
+        if user.isdigit():
+            group.uid = int(user)
+            return
+        try:
+            group.uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            # A service user may be created after the agent starts: retried every run.
+            _report_problem(group, "user", f"unknown user {user!r}; the group matches nothing")
+        else:
+            _report_problem(group, "user", None)
+
+    def _measure(self, group: _Group, pids: list[int], run: _Run, uptime: float) -> list[Sample]:
+        tally = _Tally()
+        born_after = (self._previous_uptime or 0.0) * CLOCK_TICKS
+        for pid in pids:
+            stat = self._stat(pid, run)
+            if stat is None:
+                continue
+            key = (pid, stat.start)
+            run.ticks[key] = stat.ticks
+            before = self._previous_ticks.get(key)
+            if before is not None:
+                new_ticks = max(0, stat.ticks - before)
+            else:
+                # Started since the previous run: all its CPU time is new.
+                new_ticks = stat.ticks if stat.start >= born_after else 0
+            tally.add(key, stat, new_ticks)
+            try:
+                open_fds = self._reader.fd_count(pid)
+                limit = self._reader.nofile_limit(pid)
+            except (OSError, ValueError) as err:
+                log.debug("processes: no descriptors for pid %d: %s", pid, err)
+                continue
+            tally.add_fds(open_fds, limit)
+        current = frozenset(tally.keys)
+        if group.last_members and current - group.last_members:
+            group.restarts += 1
+        if current:
+            group.last_members = current
+        return self._samples(group, tally, uptime)
+
+    def _stat(self, pid: int, run: _Run) -> ProcStat | None:
+        stat = run.parsed.get(pid)
+        if stat is not None:
+            return stat
+        try:
+            raw = run.stats.get(pid) or self._reader.stat(pid)
+        except (*_GONE, PermissionError) as err:
+            log.debug("processes: pid %d gone: %s", pid, err)
+            return None
+        stat = run.parsed[pid] = parse_stat(raw)
+        return stat
+
+    def _samples(self, group: _Group, tally: _Tally, uptime: float) -> list[Sample]:
+        config, labels = group.config, group.labels
+        rss = tally.rss_pages * PAGE_BYTES
+        out = [
+            Sample("nodemedic_process_group_processes", float(len(tally.keys)), labels),
+            Sample(
+                "nodemedic_process_group_missing",
+                float(len(tally.keys) < config.min_count),
+                labels,
+            ),
+            Sample("nodemedic_process_group_rss_bytes", float(rss), labels),
+            Sample("nodemedic_process_group_threads", float(tally.threads), labels),
+            Sample("nodemedic_process_group_zombies", float(tally.zombies), labels),
+            Sample("nodemedic_process_group_restarts_total", float(group.restarts), labels),
+        ]
+        elapsed = uptime - self._previous_uptime if self._previous_uptime is not None else 0.0
+        if elapsed > 0:
+            cores = tally.ticks / CLOCK_TICKS / elapsed
+            out.append(Sample("nodemedic_process_group_cpu_cores", cores, labels))
+        if config.max_rss_bytes is not None:
+            over = float(rss > config.max_rss_bytes)
+            out.append(Sample("nodemedic_process_group_rss_over_limit", over, labels))
+        if tally.fds is not None:
+            out.append(Sample("nodemedic_process_group_fds", float(tally.fds), labels))
+            out.append(Sample("nodemedic_process_group_fds_limit_ratio", tally.fds_ratio, labels))
+        if tally.oldest is not None:
+            age = max(0.0, uptime - tally.oldest / CLOCK_TICKS)
+            out.append(Sample("nodemedic_process_group_oldest_age_seconds", age, labels))
+        return out
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One group's figures, summed over its members during a run."""
+
+    keys: set[_Key] = field(default_factory=set)
+    threads: int = 0
+    zombies: int = 0
+    rss_pages: int = 0
+    ticks: int = 0
+    oldest: int | None = None
+    fds: int | None = None
+    fds_ratio: float = 0.0
+
+    def add(self, key: _Key, stat: ProcStat, new_ticks: int) -> None:
+        """Count one member."""
+        self.keys.add(key)
+        self.threads += stat.threads
+        self.rss_pages += stat.rss_pages
+        self.zombies += stat.state == b"Z"
+        self.ticks += new_ticks
+        self.oldest = stat.start if self.oldest is None else min(self.oldest, stat.start)
+
+    def add_fds(self, open_fds: int, limit: int | None) -> None:
+        """Count one member's descriptors; ``limit`` None is unlimited."""
+        self.fds = (self.fds or 0) + open_fds
+        if limit:
+            self.fds_ratio = max(self.fds_ratio, open_fds / limit)
+
+
+def _can_match(group: _Group) -> bool:
+    return group.config.user is None or group.uid is not None
+
+
+def _report_problem(group: _Group, aspect: str, problem: str | None) -> None:
+    """Log a group's problem with one aspect (its user, its membership) on transitions only."""
+    if problem == group.problems.get(aspect):
+        return
+    name = group.config.name
+    if problem is not None:
+        log.warning("processes: group %s: %s", name, problem)
+        group.problems[aspect] = problem
+    else:
+        log.info("processes: group %s: %s resolved again", name, aspect)
+        del group.problems[aspect]
