@@ -246,13 +246,21 @@ class ProcessGroupConfig(_Frozen):
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$", max_length=100)
+    """The group's name: the ``group`` label of its series."""
     comm: str | None = Field(default=None, min_length=1)
+    """The process name (``/proc/PID/comm``, at most 15 bytes) must equal this."""
     cmdline: str | None = Field(default=None, min_length=1)
+    """A regular expression searched for in the process's command line."""
     pidfile: Path | None = None
+    """An absolute path to a file holding a PID; the group is that process."""
     user: str | None = Field(default=None, min_length=1)
+    """The processes' user (name or numeric id)."""
     unit: str | None = Field(default=None, min_length=1)
+    """A systemd unit: the group is the processes in its cgroup."""
     min_count: int = Field(default=1, ge=0)
+    """Fewer processes than this fire ``process-group-missing``."""
     max_rss_bytes: ByteSize | None = Field(default=None, gt=0)
+    """Resident memory of the whole group above which ``process-group-rss-over-limit`` fires."""
 
     @model_validator(mode="after")
     def _matchers(self) -> Self:
