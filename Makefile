@@ -11,7 +11,7 @@ APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # booted Debian 12 has it, a debian:12 container image does not. systemd-container and
 # debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
 APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd \
-    systemd-container debootstrap
+    systemd-container debootstrap lintian
 # Debian's mosquitto package starts a system broker on port 1883 from its postinst on a
 # machine whose policy allows it. The tests never use it (tests/brokers.py runs its own
 # brokers on ephemeral loopback ports), so while installing it we deny service starts with
@@ -20,7 +20,7 @@ APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd \
 POLICY_RC := /usr/sbin/policy-rc.d
 export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 
-.PHONY: help run test check lint typecheck pytest bench bench-mqtt bench-units venv clean apt-test
+.PHONY: help run test check lint typecheck pytest bench bench-mqtt bench-units venv clean apt-test docs deb
 
 help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
@@ -28,6 +28,8 @@ help:
 	@echo "make bench  - run the benchmarks under bench/ (agent overhead, MQTT, process scan)"
 	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
 	@echo "make bench-units - systemd in nspawn: boot, D-Bus round trips, signal-to-rules latency"
+	@echo "make docs   - regenerate docs/configuration.md from the config models"
+	@echo "make deb    - build dist/nodemedic_<version>_<arch>.deb (packaging/deb/build)"
 
 $(BIN)/.installed: pyproject.toml
 	@scripts/ensure-apt $(APT_BUILD)
@@ -91,6 +93,14 @@ bench-mqtt: venv apt-test
 bench-units: venv apt-test
 	@scripts/ensure-nspawn-rootfs
 	$(BIN)/python -m bench.units_latency
+
+docs: venv
+	$(BIN)/python -m agent.config_doc --write
+
+# The package's virtualenv is built with Debian's python3 (APT_BUILD has what
+# systemd-python needs to compile); see packaging/README.md.
+deb: venv
+	packaging/deb/build dist
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache state

@@ -88,7 +88,9 @@ class NodeConfig(_Frozen):
     """Who this node is."""
 
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=253)
+    """The node's identity in events (``source: nodemedic://<name>``) and MQTT topics."""
     labels: dict[str, str] = Field(default_factory=dict)
+    """Free-form labels of the node."""
 
     @field_validator("name")
     @classmethod
@@ -102,7 +104,9 @@ class ApiConfig(_Frozen):
     """The HTTP API."""
 
     listen: str = "127.0.0.1:9464"
+    """``HOST:PORT`` or ``[::1]:PORT`` the HTTP API binds (port 0 picks a free one)."""
     enabled: bool = True
+    """Serve the HTTP API (metrics, health, conditions, events)."""
 
     @field_validator("listen")
     @classmethod
@@ -141,13 +145,16 @@ class LogConfig(_Frozen):
     """Logging."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """The lowest level logged."""
     format: Literal["auto", "text", "journal"] = "auto"
+    """``auto``: the journal under systemd, else text on stderr."""
 
 
 class HistoryConfig(_Frozen):
     """The local event history in the state directory's SQLite database."""
 
     max_events: int = Field(default=10_000, ge=100, le=10_000_000)
+    """Events kept in the local history; the oldest are trimmed first."""
 
 
 class ConditionsConfig(_Frozen):
@@ -158,15 +165,20 @@ class ConditionsConfig(_Frozen):
     """
 
     flap_window: Duration = timedelta(minutes=10)
+    """The window in which firings are counted, and a flapping condition must stay clear."""
     flap_limit: int = Field(default=3, ge=2)
+    """Firings within ``flap_window`` that make a condition flapping."""
 
 
 class ProbeConfig(_Frozen):
     """Options every probe has."""
 
     enabled: bool = True
+    """Run this probe."""
     interval: Duration = timedelta(seconds=10)
+    """Time between runs; at least 100ms."""
     timeout: Duration | None = None
+    """How long one run may take before it is failed as hung; default the interval, at most 10s."""
 
     @field_validator("interval")
     @classmethod
@@ -192,10 +204,12 @@ class FilesystemProbeConfig(ProbeConfig):
         "nsfs", "overlay", "proc", "pstore", "rpc_pipefs", "securityfs", "selinuxfs",
         "squashfs", "erofs", "sysfs", "tracefs", "ramfs",
     )  # fmt: skip
+    """Filesystem types left out (pseudo and read-only image filesystems)."""
     exclude_mountpoints: str = (
         r"^/(dev|proc|sys|run/credentials|var/lib/docker/.+|var/lib/containers/storage/.+"
         r"|var/lib/kubelet/pods/.+)($|/)"
     )
+    """Mount points left out: a regular expression matched from the start."""
 
     @field_validator("exclude_mountpoints")
     @classmethod
@@ -209,6 +223,7 @@ class DiskioProbeConfig(ProbeConfig):
     exclude_devices: str = (
         r"^(ram|loop|fd|zram|(h|s|v|xv)d[a-z]+\d+|nvme\d+n\d+p\d+|mmcblk\d+p\d+)\d*$"
     )
+    """Block devices left out: a regular expression matched against the device name."""
 
     @field_validator("exclude_devices")
     @classmethod
@@ -220,6 +235,7 @@ class NetworkProbeConfig(ProbeConfig):
     """Network probe: which interfaces to leave out."""
 
     exclude_interfaces: str = r"^(lo|veth.*|docker\d+|br-.*|cali.*|flannel.*|cni\d+)$"
+    """Network interfaces left out: a regular expression matched against the name."""
 
     @field_validator("exclude_interfaces")
     @classmethod
@@ -242,13 +258,21 @@ class ProcessGroupConfig(_Frozen):
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$", max_length=100)
+    """The group's name: the ``group`` label of its series."""
     comm: str | None = Field(default=None, min_length=1)
+    """The process name (``/proc/PID/comm``, at most 15 bytes) must equal this."""
     cmdline: str | None = Field(default=None, min_length=1)
+    """A regular expression searched for in the process's command line."""
     pidfile: Path | None = None
+    """An absolute path to a file holding a PID; the group is that process."""
     user: str | None = Field(default=None, min_length=1)
+    """The processes' user (name or numeric id)."""
     unit: str | None = Field(default=None, min_length=1)
+    """A systemd unit: the group is the processes in its cgroup."""
     min_count: int = Field(default=1, ge=0)
+    """Fewer processes than this fire ``process-group-missing``."""
     max_rss_bytes: ByteSize | None = Field(default=None, gt=0)
+    """Resident memory of the whole group above which ``process-group-rss-over-limit`` fires."""
 
     @model_validator(mode="after")
     def _matchers(self) -> Self:
@@ -667,9 +691,13 @@ class MqttTlsConfig(_Frozen):
     """TLS for ``mqtts://`` brokers: the CA to trust and the client certificate to present."""
 
     ca_file: Path | None = None
+    """CA certificates to trust (PEM); default the system's."""
     cert_file: Path | None = None
+    """Client certificate to present (PEM); needs ``key_file`` unless it holds the key."""
     key_file: Path | None = None
+    """Private key of ``cert_file`` (PEM)."""
     check_hostname: bool = True
+    """Check that the broker's certificate names the host in the URL."""
 
     @model_validator(mode="after")
     def _pair(self) -> Self:
@@ -686,25 +714,39 @@ class MqttOutboxConfig(_Frozen):
     """
 
     max_events: int = Field(default=100_000, ge=10, le=10_000_000)
+    """Events the outbox holds at most; beyond that it sheds."""
     max_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024), ge=64 * 1024)
+    """Payload bytes the outbox holds at most; beyond that it sheds."""
 
 
 class MqttConfig(_Frozen):
     """Publishing events and state to an MQTT broker; without ``url`` the agent is local-only."""
 
     url: Annotated[str | tuple[str, ...], BeforeValidator(_one_or_many)] = ()
+    """``mqtt://HOST[:1883]`` or ``mqtts://HOST[:8883]``, or a list tried in order for failover."""
     topic_prefix: str = "nodemedic/v1"
+    """The topics' first levels (no ``+``, ``#``, leading or trailing ``/``)."""
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol_text)] = "5"
+    """MQTT protocol version."""
     username: str | None = Field(default=None, min_length=1)
+    """User name to authenticate with."""
     password: SecretStr | None = None
+    """Password; best given as the systemd credential ``mqtt__password``. Never logged."""
     tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig)
     keepalive: Duration = timedelta(seconds=30)
+    """MQTT keep-alive; a dead link is noticed within 1.5 times this."""
     session_expiry: Duration = timedelta(hours=1)
+    """How long the broker keeps the session (and commands for the node) after a disconnect."""
     connect_timeout: Duration = timedelta(seconds=10)
+    """Limit for the TCP/TLS connect and the CONNACK."""
     inflight: int = Field(default=20, ge=1, le=65535)
+    """Events published but not yet acknowledged, at most; at most the broker's receive maximum."""
     reconnect_min: Duration = timedelta(milliseconds=500)
+    """First reconnect delay; it doubles (with jitter) up to ``reconnect_max``."""
     reconnect_max: Duration = timedelta(seconds=60)
+    """Longest reconnect delay."""
     auth_retry: Duration = timedelta(seconds=60)
+    """Retry pace after the broker refused the credentials or the TLS handshake failed."""
     outbox: MqttOutboxConfig = Field(default_factory=MqttOutboxConfig)
 
     @field_validator("url")
@@ -784,17 +826,28 @@ Op = Literal[">", ">=", "<", "<=", "==", "!="]
 class RuleConfig(_Frozen):
     """A threshold rule over one metric; see the README for its semantics."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
+    """Unique rule name: lower case, digits, ``-``, ``_``, ``.``."""
     metric: str
+    """The metric watched, named exactly as /metrics exposes it."""
     labels: dict[str, str] = Field(default_factory=dict)
+    """Label matchers: an exact value, or ``~regex`` for a full regular-expression match."""
     op: Op
+    """How the value is compared with ``threshold``."""
     threshold: float
+    """The value that breaches."""
     clear: float | None = None
+    """Hysteresis: once firing, it resolves only when ``value op clear`` no longer holds."""
     for_: Duration = Field(default=timedelta(0), alias="for")
+    """How long a breach must last before the condition fires."""
     severity: Severity = Severity.WARNING
+    """Severity of the condition's events."""
     description: str = ""
+    """Shown with the condition."""
 
     @field_validator("metric")
     @classmethod
@@ -906,10 +959,12 @@ class AgentSettings(BaseSettings):
         extra="forbid",
         frozen=True,
         case_sensitive=False,
+        use_attribute_docstrings=True,
     )
 
     node: NodeConfig = Field(default_factory=NodeConfig)
     state_dir: Path = Path("/var/lib/nodemedic")
+    """Holds ``nodemedic.db`` (SQLite, WAL): the outbox, event history and condition state."""
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)

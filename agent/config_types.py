@@ -57,4 +57,5 @@ Duration = Annotated[
 class FrozenModel(BaseModel):
     """Base of every configuration model: unknown keys are refused, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become field descriptions: docs/configuration.md shows them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)

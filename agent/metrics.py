@@ -7,18 +7,26 @@ metric catalog.
 
 from __future__ import annotations
 
-__all__ = ["AGENT_METRIC_NAMES", "AgentCollector", "build_registry"]
+__all__ = ["AGENT_METRIC_NAMES", "PROCESS_METRIC_NAMES", "AgentCollector", "build_registry"]
 
 import logging
 import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent import __version__
-from agent.model import Condition, ConditionState, LabelSet, MqttStatus, ProbeStatus, Sample
+from agent.model import (
+    Condition,
+    ConditionState,
+    LabelSet,
+    MqttStatus,
+    ProbeStatus,
+    Sample,
+    Severity,
+)
 from agent.probes.catalog import CATALOG, MetricKind, MetricSpec
 from agent.view import AgentView
 
@@ -35,6 +43,7 @@ AGENT_METRIC_NAMES: frozenset[str] = frozenset(
         "nodemedic_probe_failures_total",
         "nodemedic_condition_state",
         "nodemedic_conditions_firing",
+        "nodemedic_conditions_firing_by_severity",
         "nodemedic_events_total",
         "nodemedic_bus_dropped_events_total",
         "nodemedic_event_loop_lag_seconds",
@@ -52,6 +61,18 @@ AGENT_METRIC_NAMES: frozenset[str] = frozenset(
 )
 """Exposed names of the series the collector derives from agent state, not from samples."""
 
+PROCESS_METRIC_NAMES: frozenset[str] = frozenset(
+    {
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    }
+)
+"""The agent process's own CPU, memory and descriptors (prometheus_client's standard names)."""
+
 _Family = GaugeMetricFamily | CounterMetricFamily
 
 
@@ -66,6 +87,8 @@ def build_registry(view: AgentView) -> CollectorRegistry:
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(view))
+    # The agent's own CPU and memory, for the dashboard and the overhead it promises.
+    ProcessCollector(registry=registry)
     return registry
 
 
@@ -256,6 +279,10 @@ def _condition_families(conditions: Sequence[Condition]) -> Iterator[_Family]:
         if per_state is None:
             per_state = counts[condition.rule] = dict.fromkeys(ConditionState, 0)
         per_state[condition.state] += 1
+    by_severity = dict.fromkeys(Severity, 0)
+    for condition in conditions:
+        if condition.state is ConditionState.FIRING:
+            by_severity[condition.severity] += 1
     by_state = GaugeMetricFamily(
         "nodemedic_condition_state",
         "Conditions per rule in each state; every state is present so series never vanish.",
@@ -270,6 +297,14 @@ def _condition_families(conditions: Sequence[Condition]) -> Iterator[_Family]:
     yield GaugeMetricFamily(
         "nodemedic_conditions_firing", "Conditions currently firing, all rules.", value=firing
     )
+    severities = GaugeMetricFamily(
+        "nodemedic_conditions_firing_by_severity",
+        "Conditions currently firing, by their rule's severity; every severity is present.",
+        labels=["severity"],
+    )
+    for severity, count in by_severity.items():
+        severities.add_metric([severity.value], count)
+    yield severities
 
 
 _PUBLISH_RESULTS = ("acked", "failed", "refused")

@@ -160,6 +160,16 @@ class RemediationService:
 
     # metrics
 
+    METRIC_NAMES = frozenset(
+        {
+            "nodemedic_remediation_runs_total",
+            "nodemedic_remediation_would_runs_total",
+            "nodemedic_remediation_breaker_state",
+            "nodemedic_remediation_paused",
+        }
+    )
+    """The series :meth:`collect` exports (counters with their ``_total``)."""
+
     def collect(self) -> Iterator[Metric]:
         """Runs by playbook and outcome, would-run counts, breaker states."""
         runs = CounterMetricFamily(

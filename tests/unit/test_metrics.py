@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import __version__
-from agent.metrics import AgentCollector, build_registry
+from agent.metrics import PROCESS_METRIC_NAMES, AgentCollector, build_registry
 from agent.model import Condition, ConditionState, ProbeStatus, Sample, Severity, labelset
 from agent.probes.catalog import CATALOG, MetricKind, MetricSpec
 
@@ -466,3 +466,33 @@ def test_without_mqtt_there_are_no_mqtt_series() -> None:
     text = scrape(FakeAgentView())
     assert "nodemedic_mqtt_connected" not in text
     assert "nodemedic_mqtt_outbox_events" not in text
+
+
+def test_agent_exposes_its_own_cpu_and_memory() -> None:
+    series = series_of(scrape(FakeAgentView()))
+
+    exposed = {name for name, _ in series}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= exposed
+    assert value(series, "process_resident_memory_bytes") > 0
+    assert {name for name in exposed if name.startswith("process_")} <= PROCESS_METRIC_NAMES
+
+
+def test_firing_conditions_are_counted_by_severity_with_every_severity_present() -> None:
+    def condition(rule: str, state: ConditionState, severity: Severity) -> Condition:
+        return Condition(rule, labelset(), state, severity, 1.0, T0)
+
+    view = FakeAgentView(
+        tracked=[
+            condition("disk-full", ConditionState.FIRING, Severity.CRITICAL),
+            condition("disk-almost-full", ConditionState.FIRING, Severity.WARNING),
+            condition("oom", ConditionState.FIRING, Severity.CRITICAL),
+            condition("load", ConditionState.PENDING, Severity.CRITICAL),
+        ]
+    )
+
+    series = series_of(scrape(view))
+
+    by_severity = "nodemedic_conditions_firing_by_severity"
+    assert value(series, by_severity, severity="critical") == 2
+    assert value(series, by_severity, severity="warning") == 1
+    assert value(series, by_severity, severity="info") == 0
