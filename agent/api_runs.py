@@ -1,18 +1,13 @@
-"""Remediation routes of the HTTP API: runs, their decision records, and the pause switch.
+"""Remediation reads of the HTTP API: runs, their decision records and the engine's state.
 
-``GET /v1/runs`` (``?limit=&playbook=``), ``GET /v1/runs/{id}``, ``GET /v1/remediation``
-and ``POST /v1/remediation/pause`` with ``{"paused": true, "reason": "..."}``.
-
-Writes are safe without API tokens only because they are refused unless the request
-comes from the loopback interface (the API binds 127.0.0.1 by default); tokens from the
-remote-commands work will admit other peers.
+``GET /v1/runs`` (``?limit=&playbook=``), ``GET /v1/runs/{id}`` and ``GET /v1/remediation``.
+Writes (runs, approvals, the pause switch) need an API token: see :mod:`agent.api_writes`.
 """
 
 from __future__ import annotations
 
 __all__ = ["add_remediation_routes"]
 
-import ipaddress
 import json
 import re
 from collections.abc import Callable
@@ -37,7 +32,6 @@ def add_remediation_routes(
     app.router.add_get("/v1/runs", routes.runs)
     app.router.add_get("/v1/runs/{run_id}", routes.run)
     app.router.add_get("/v1/remediation", routes.status)
-    app.router.add_post("/v1/remediation/pause", routes.pause)
 
 
 class _RunRoutes:
@@ -79,34 +73,6 @@ class _RunRoutes:
     async def status(self, request: web.Request) -> web.Response:
         """Pause state, playbooks, breakers."""
         return _json(self._remediation.status())
-
-    async def pause(self, request: web.Request) -> web.Response:
-        """Flip the pause switch; loopback peers only until API tokens exist."""
-        peer = request.remote or ""
-        try:
-            loopback = ipaddress.ip_address(peer).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise self._errors(
-                403,
-                "forbidden",
-                "the pause switch may only be used from the loopback interface of the node",
-            )
-        try:
-            body: Any = json.loads(await request.text() or "null")
-        except json.JSONDecodeError as err:
-            raise self._errors(400, "invalid body", f"the body is not JSON: {err}") from err
-        if not isinstance(body, dict) or not isinstance(body.get("paused"), bool):
-            raise self._errors(400, "invalid body", 'send {"paused": true|false, "reason": "..."}')
-        extra = set(body) - {"paused", "reason"}
-        reason = body.get("reason", "")
-        if extra or not isinstance(reason, str) or len(reason) > 500:
-            raise self._errors(
-                400, "invalid body", "only paused (bool) and reason (string, <= 500) are accepted"
-            )
-        state = self._remediation.set_paused(body["paused"], by=f"api:{peer}", reason=reason)
-        return _json(state)
 
 
 def _json(payload: dict[str, Any], status: int = 200) -> web.Response:

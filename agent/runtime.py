@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from agent import __version__
 from agent.api import ApiServer
+from agent.api_writes import WriteApi
 from agent.backoff import Backoff
 from agent.bus import EventBus
 from agent.config import AgentSettings
@@ -44,6 +45,8 @@ from agent.notify import Notifier, SystemdNotifier, watchdog_interval
 from agent.probes import build_probes
 from agent.probes.base import AnyProbe, Probe, ProbeEvent, ProbeUpdate, PushProbe, is_push
 from agent.probes.catalog import metrics_of
+from agent.remote import RemoteCommands
+from agent.remote_control import EngineControl
 from agent.rules import ConditionTracker, Transition
 from agent.store import OutboxLimits, Store
 
@@ -111,6 +114,7 @@ class Agent:
         self._outbox = settings.mqtt.enabled
         self._mqtt: MqttPublisher | None = None
         self._remediation: RemediationService | None = None
+        self._remote: RemoteCommands | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -215,6 +219,18 @@ class Agent:
             library=library,
             clock=self._clock,
         )
+        self._remote = RemoteCommands(
+            node=self.settings.node.name,
+            labels=self.settings.node.labels,
+            keys=self.settings.remote.trusted_keys(),
+            nonces=self._store,
+            control=EngineControl(self._remediation),
+            emit=lambda type_, subject, data: self._emit(type_, subject=subject, data=data),
+            clock=self._clock,
+            max_skew=self.settings.remote.max_clock_skew.total_seconds(),
+            max_lifetime=self.settings.remote.max_command_lifetime.total_seconds(),
+            max_pause=self.settings.remote.max_pause.total_seconds(),
+        )
         log.info(
             "remediation: %d playbooks (%s), %d dormant",
             len(library.playbooks),
@@ -227,12 +243,14 @@ class Agent:
             return
         from agent.mqtt import MqttPublisher  # aiomqtt only when publishing is configured
 
+        remote = self._remote
         self._mqtt = MqttPublisher(
             self.settings.mqtt,
             node=self.settings.node.name,
             version=__version__,
             outbox=self._store,
             conditions=self.conditions,
+            commands=remote.handle if remote is not None else None,
         )
         self._mqtt.start()
 
@@ -240,7 +258,8 @@ class Agent:
         api = self.settings.api
         if not api.enabled:
             return
-        self._api = ApiServer(self, remediation=self._remediation)
+        writes = WriteApi(self._remote, self.settings.remote) if self._remote is not None else None
+        self._api = ApiServer(self, remediation=self._remediation, writes=writes)
         await self._api.start(api.host, api.port)
 
     async def _wait_for_stop(self) -> None:

@@ -65,7 +65,7 @@ class AgentView(Protocol):
 
 
 class RemediationView(Protocol):
-    """What the API reads and switches of the remediation engine (JSON-ready values)."""
+    """What the API reads of the remediation engine (JSON-ready values)."""
 
     def runs(self, *, limit: int, playbook: str | None = None) -> list[dict[str, Any]]:
         """The newest runs, newest first."""
@@ -77,10 +77,6 @@ class RemediationView(Protocol):
 
     def pause_state(self) -> dict[str, Any]:
         """``{"paused": bool, "reason": str | None}``."""
-        ...
-
-    def set_paused(self, paused: bool, *, by: str, reason: str) -> dict[str, Any]:
-        """Flip the API pause switch; returns the new state."""
         ...
 
     def status(self) -> dict[str, Any]:

@@ -114,9 +114,21 @@ class RemediationEngine:
                 log.error("remediation trigger %s failed: %s", event.type, err)
 
     def request(
-        self, playbook: str, target: str | None = None, *, source: str = "api"
+        self,
+        playbook: str,
+        target: str | None = None,
+        *,
+        source: str = "api",
+        labels: Mapping[str, str] | None = None,
     ) -> RunRecord:
         """A remote or manual trigger (the entry point for signed commands and the API).
+
+        Args:
+            playbook: the playbook's name.
+            target: what it acts on (default: its target, when that needs no labels).
+            source: who asked, for the journal.
+            labels: values for the playbook's ``{labels.NAME}`` placeholders, over those
+                of the firing condition on the same target.
 
         Returns:
             The run as recorded after the trigger-time gates.
@@ -138,8 +150,8 @@ class RemediationEngine:
                     f"playbook {playbook!r} targets {found.target!r}; give a target"
                 )
             target = found.target
-        labels = self._labels_for(found, target)
-        return self._start(found, target, source, {"source": source, "target": target}, labels)
+        merged = {**self._labels_for(found, target), **(labels or {})}
+        return self._start(found, target, source, {"source": source, "target": target}, merged)
 
     def _labels_for(self, playbook: Playbook, target: str) -> dict[str, str]:
         for condition in self.firing_for(playbook, target):
@@ -212,6 +224,7 @@ class RemediationEngine:
             active=self.journal.in_states((RunState.RUNNING, RunState.VERIFYING)),
             breaker=self.breaker(playbook, now=now, history=history),
             loop_since=max(self._reset_at(playbook.name), self._tripped_at(playbook.name) or 0.0),
+            approved=self.journal.get(f"approval:{run.run_id}") is not None,
         )
 
     def _gate(self, run: RunRecord, playbook: Playbook, phase: str) -> bool:
@@ -220,8 +233,57 @@ class RemediationEngine:
         refusal = decisions[-1]
         if refusal.allowed:
             return True
-        self._skip(run, playbook, refusal, phase)
+        if refusal.gate == "approval":
+            self._await_approval(run, playbook, refusal)
+        else:
+            self._skip(run, playbook, refusal, phase)
         return False
+
+    def _await_approval(self, run: RunRecord, playbook: Playbook, refusal: Decision) -> None:
+        now = self._clock()
+        deadline = now + playbook.safety.approval_timeout.total_seconds()
+        self.journal.put(f"approval_deadline:{run.run_id}", deadline)
+        self.journal.transition(
+            run.run_id, RunState.AWAITING_APPROVAL, now, gate=refusal.gate, reason=refusal.reason
+        )
+        self._event("awaiting_approval", run, {"deadline": deadline, "reason": refusal.reason})
+        log.warning(
+            "run %s (%s on %s) awaits a signed approval until %s",
+            run.run_id,
+            run.playbook,
+            run.target,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline)),
+        )
+
+    def approve(self, run_id: str, *, by: str) -> RunRecord:
+        """Record a signed approval of a waiting run and execute it (gates checked again).
+
+        Raises:
+            RemediationRequestError: the run is not waiting for approval, or its deadline
+                has passed (the run is then skipped).
+        """
+        waiting = {r.run_id: r for r in self.journal.in_states((RunState.AWAITING_APPROVAL,))}
+        run = waiting.get(run_id)
+        if run is None:
+            raise RemediationRequestError(f"run {run_id} is not waiting for an approval")
+        playbook = self.library.playbooks.get(run.playbook)
+        now = self._clock()
+        deadline = float(self.journal.get(f"approval_deadline:{run_id}") or 0.0)
+        if playbook is None or now > deadline:
+            why = (
+                f"the approval deadline passed {now - deadline:.0f}s ago"
+                if playbook is not None
+                else f"playbook {run.playbook!r} is no longer loaded"
+            )
+            self.journal.transition(run_id, RunState.SKIPPED, now, gate="approval", reason=why)
+            self._event("skipped", run, {"phase": "approval", "gate": "approval", "reason": why})
+            raise RemediationRequestError(f"run {run_id} can no longer be approved: {why}")
+        self.journal.put(f"approval:{run_id}", {"by": by, "at": now})
+        self._event("approved", run, {"by": by})
+        self.journal.transition(run_id, RunState.GATED, now)
+        labels = self._labels_for(playbook, run.target)
+        self._spawn(run, playbook, labels, self._execute(run, playbook, labels))
+        return run
 
     def _skip(self, run: RunRecord, playbook: Playbook, refusal: Decision, phase: str) -> None:
         now = self._clock()
@@ -358,12 +420,19 @@ class RemediationEngine:
             return f"pause file {self._config.pause_file} exists"
         switch = self.journal.get("pause")
         if switch:
-            return f"paused via the API by {switch.get('by')}: {switch.get('reason')}"
+            until = switch.get("until")
+            if until is not None and self._clock() >= until:
+                return None  # a fleet pause lapses at its command's expiry
+            return f"paused by {switch.get('by')}: {switch.get('reason')}"
         return None
 
-    def set_paused(self, paused: bool, *, by: str, reason: str = "") -> None:
-        """Flip the API pause switch (persisted, so it survives restarts)."""
-        value = {"by": by, "reason": reason, "at": self._clock()} if paused else None
+    def set_paused(
+        self, paused: bool, *, by: str, reason: str = "", until: float | None = None
+    ) -> None:
+        """Flip the pause switch (persisted, so it survives restarts); ``until`` makes it lapse."""
+        value = (
+            {"by": by, "reason": reason, "at": self._clock(), "until": until} if paused else None
+        )
         self.journal.put("pause", value)
         self._emit(
             _PREFIX + ("paused" if paused else "resumed"), None, {"by": by, "reason": reason}

@@ -92,6 +92,7 @@ class GateInput:
         active: runs on this host that are running or verifying (any playbook).
         breaker: the playbook's breaker.
         loop_since: loop-guard returns before this time are forgotten (reset or trip).
+        approved: a signed approval of this run has been recorded.
     """
 
     now: float
@@ -113,6 +114,7 @@ class GateInput:
         default_factory=lambda: BreakerStatus(BreakerState.CLOSED, 0, None, "closed")
     )
     loop_since: float = 0.0
+    approved: bool = False
 
 
 Gate = Callable[[GateInput], Decision]
@@ -281,6 +283,8 @@ def _storm(inp: GateInput) -> Decision:
 
 def _approval(inp: GateInput) -> Decision:
     if inp.playbook.safety.approval == "required" and inp.playbook.mode is Mode.ENFORCE:
+        if inp.approved:
+            return Decision("approval", True, "approved")
         return Decision(
             "approval", False, "the playbook requires a signed approval; none has been given"
         )

@@ -204,6 +204,7 @@ class Safety(_Frozen):
     breaker: Breaker = Field(default_factory=Breaker)
     loop_guard: LoopGuard = Field(default_factory=LoopGuard)
     approval: Literal["none", "required"] = "none"
+    approval_timeout: Duration = timedelta(hours=1)
 
 
 class Playbook(_Frozen):
@@ -272,6 +273,8 @@ class RunState(enum.StrEnum):
     """A gate said no (or, in observe mode, the run was only recorded as would-run)."""
     INTERRUPTED = "interrupted"
     """The agent stopped mid-run and the run could not safely resume."""
+    AWAITING_APPROVAL = "awaiting_approval"
+    """Every gate but approval said yes; waiting for a signed approval until its deadline."""
 
     @property
     def active(self) -> bool:

@@ -120,10 +120,20 @@ class RemediationService:
         reason = self.engine.paused()
         return {"paused": reason is not None, "reason": reason}
 
-    def set_paused(self, paused: bool, *, by: str, reason: str) -> dict[str, Any]:
-        """Flip the API pause switch; returns the new state."""
-        self.engine.set_paused(paused, by=by, reason=reason)
+    def set_paused(
+        self, paused: bool, *, by: str, reason: str, until: float | None = None
+    ) -> dict[str, Any]:
+        """Flip the pause switch (``until``: epoch seconds it lapses); returns the new state."""
+        self.engine.set_paused(paused, by=by, reason=reason, until=until)
         return self.pause_state()
+
+    def approve(self, run_id: str, *, by: str) -> None:
+        """Approve a run waiting for approval; it executes (gates checked again).
+
+        Raises:
+            RemediationRequestError: not waiting, or past its deadline.
+        """
+        self.engine.approve(run_id, by=by)
 
     def reset_breaker(self, playbook: str, *, by: str) -> None:
         """Close a playbook's breaker by hand.
@@ -133,13 +143,20 @@ class RemediationService:
         """
         self.engine.reset_breaker(playbook, by=by)
 
-    def request(self, playbook: str, target: str | None, *, source: str) -> str:
+    def request(
+        self,
+        playbook: str,
+        target: str | None,
+        *,
+        source: str,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
         """Request a run (remote or manual); returns its id.
 
         Raises:
             RemediationRequestError: unknown playbook, not remote-triggerable, no target.
         """
-        return self.engine.request(playbook, target, source=source).run_id
+        return self.engine.request(playbook, target, source=source, labels=labels).run_id
 
     def status(self) -> dict[str, Any]:
         """Pause state, playbooks with mode and breaker, runs in flight."""

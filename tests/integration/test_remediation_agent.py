@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from agent.config_remote import hash_token
 from tests.conftest import REPO, AgentProcess, http_json, run_cli
 from tests.remediation_actions import read_log
 
@@ -38,6 +39,9 @@ PROBES_OFF = {
 }
 
 
+OPS_TOKEN = "test-token-0123456789abcdef"  # noqa: S105 - the test's own throwaway token
+
+
 def _settings(tmp: Path, playbook: dict[str, Any]) -> dict[str, Any]:
     books = tmp / "playbooks"
     books.mkdir(exist_ok=True)
@@ -52,6 +56,7 @@ def _settings(tmp: Path, playbook: dict[str, Any]) -> dict[str, Any]:
             "action_modules": ["tests.remediation_actions"],
             "pause_file": str(tmp / "pause"),
         },
+        "remote": {"api_tokens": [{"name": "ops", "sha256": hash_token(OPS_TOKEN), "pause": True}]},
     }
 
 
@@ -139,14 +144,16 @@ def test_observe_mode_touches_nothing_and_says_what_would_run(
     assert 'nodemedic_remediation_breaker_state{playbook="demo"} 0.0' in metrics
 
     request = urllib.request.Request(  # noqa: S310 - loopback only
-        f"{agent.url}/v1/remediation/pause",
-        data=json.dumps({"paused": True, "reason": "change window"}).encode(),
+        f"{agent.url}/v1/pause",
         method="POST",
+        headers={"Authorization": f"Bearer {OPS_TOKEN}"},
     )
     with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
-        assert json.loads(resp.read())["paused"] is True
+        assert resp.status == 202
+        assert json.loads(resp.read())["detail"] == "remediation paused"
     status = http_json(f"{agent.url}/v1/remediation")
-    assert "change window" in status["reason"]
+    assert status["paused"] is True
+    assert "ops" in status["reason"]
     agent.stop()
 
 
