@@ -64,15 +64,20 @@ class CheckTlsConfig(_Frozen):
     """TLS for an ``https://`` endpoint check: verify the server, optionally with our own CA."""
 
     verify: bool = True
+    """Verify the server's certificate and host name."""
     ca_file: Path | None = None
+    """CA bundle (PEM) to verify against instead of the system's."""
 
 
 class _CheckConfig(_Frozen):
     """What every check has. Errors inside one are reported with the check's name."""
 
     name: str = Field(pattern=_CHECK_NAME, max_length=100)
+    """The check's name: the `check` label of its series and its events."""
     interval: Duration | None = None
+    """Time between runs of this check; default the probe's interval."""
     timeout: Duration | None = None
+    """How long one run may take; default the interval, at most 10s."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -126,14 +131,21 @@ class EndpointCheckConfig(_CheckConfig):
     """An HTTP(S) GET of ``url``, or a TCP connect to ``tcp`` (``HOST:PORT``)."""
 
     url: str | None = None
+    """An http:// or https:// URL to GET (give url or tcp)."""
     tcp: str | None = None
+    """HOST:PORT to connect to (give url or tcp)."""
     expect_status: Annotated[tuple[tuple[int, int], ...], BeforeValidator(_status_ranges)] = (
         (200, 200),
     )
+    """Accepted HTTP statuses: 200, "200-299", "2xx" or a list of them."""
     body_regex: str | None = None
+    """A regular expression the response body must contain."""
     max_redirects: int = Field(default=3, ge=0, le=10)
+    """Redirects followed at most (0-10)."""
     max_body: ByteSize = Field(default=ByteSize(64 * 1024), ge=1024, le=16 * 1024 * 1024)
+    """Most body bytes read for body_regex."""
     tls: CheckTlsConfig = Field(default_factory=CheckTlsConfig)
+    """TLS options for https:// URLs."""
 
     @model_validator(mode="after")
     def _target(self) -> Self:
@@ -173,8 +185,11 @@ class CustomCheckConfig(_CheckConfig):
     """A Nagios-style plugin: ``command`` is the argv, run without a shell."""
 
     command: tuple[str, ...] = Field(min_length=1)
+    """The plugin's argv, run without a shell; the program as an absolute path."""
     max_output: ByteSize = Field(default=ByteSize(16 * 1024), ge=256, le=1024 * 1024)
+    """Most output bytes kept; the rest is read and dropped."""
     env: tuple[str, ...] = ()
+    """Names of environment variables passed through to the plugin (besides PATH and LC_ALL=C)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -177,8 +177,11 @@ class UnitsProbeConfig(ProbeConfig):
     """
 
     units: tuple[str, ...] = ("*.service",)
+    """Unit names or globs to watch (ListUnitsByPatterns)."""
     restart_window: Duration = timedelta(minutes=10)
+    """How far back automatic restarts count for nodemedic_unit_recent_restarts."""
     bus: str | None = None
+    """D-Bus address of systemd's bus (unix:path=...); default the system bus."""
 
     @field_validator("units")
     @classmethod
@@ -213,10 +216,15 @@ class KmsgProbeConfig(ProbeConfig):
     """Kernel log probe: patterns (the defaults, replaced or extended by name) and a line cap."""
 
     path: Path = Path("/dev/kmsg")
+    """The kernel log device."""
     patterns: tuple[KmsgPatternConfig, ...] = ()
+    """Patterns to add, or to replace the default of the same name."""
     default_patterns: bool = True
+    """Use the shipped patterns (agent/defaults/kmsg.yaml)."""
     disabled_patterns: tuple[str, ...] = ()
+    """Names of shipped patterns to leave out."""
     max_lines_per_second: int = Field(default=1000, ge=1, le=1_000_000)
+    """Most kernel log lines examined per second; the rest are counted as dropped."""
 
     @model_validator(mode="after")
     def _names(self) -> Self:

@@ -27,11 +27,17 @@ class RemediationWindow(_Frozen):
     """
 
     name: str = Field(min_length=1)
+    """The window's name, shown in decisions."""
     kind: Literal["maintenance", "blackout"]
+    """maintenance (remediation only inside) or blackout (never inside)."""
     days: tuple[Weekday, ...] = _WEEKDAYS
+    """Days the window applies: mon, tue, wed, thu, fri, sat, sun."""
     start: dt_time = dt_time(0, 0)
+    """Start time of day (HH:MM), in timezone."""
     end: dt_time = dt_time(23, 59, 59)
+    """End time of day (HH:MM), in timezone."""
     timezone: str = "UTC"
+    """IANA time zone of start and end, e.g. Europe/Berlin."""
 
     @field_validator("timezone")
     @classmethod
@@ -49,15 +55,25 @@ class RemediationConfig(_Frozen):
     """The remediation engine: where playbooks come from and the host-wide safety limits."""
 
     enabled: bool = True
+    """Run the remediation engine."""
     playbooks_dir: Path | None = None
+    """Directory of operator playbooks (*.yaml); one named like a built-in replaces it."""
     builtin_playbooks: bool = True
+    """Load the built-in playbooks (all in observe mode)."""
     action_modules: tuple[str, ...] = ()
+    """Extra Python modules whose ACTIONS tuple adds actions."""
     pause_file: Path = Path("/etc/nodemedic/pause")
+    """While this file exists, remediation is paused."""
     windows: tuple[RemediationWindow, ...] = ()
+    """Maintenance and blackout windows."""
     protected_targets: tuple[str, ...] = ()
+    """Glob patterns of targets never touched, besides PID 1, the agent, sshd and dbus."""
     allowlist: tuple[str, ...] = ()
+    """Glob patterns of targets that may be touched; empty allows every target not protected."""
     storm_threshold: int = Field(default=10, ge=1)
+    """With more conditions firing than this, disruptive playbooks hold."""
     max_runs_kept: int = Field(default=10_000, ge=100)
+    """Runs the journal keeps; older finished ones are trimmed."""
 
     @field_validator("action_modules")
     @classmethod
