@@ -52,16 +52,20 @@ def load_library(settings: AgentSettings) -> tuple[dict[str, type[Action]], Play
 
 def process_matches(groups: Sequence[ProcessGroupConfig]) -> dict[str, ProcessMatch]:
     """The ``processes`` probe's groups as ``process.signal`` matches them, by name."""
-    return {
-        group.name: ProcessMatch(
-            comm=group.comm,
-            cmdline=group.cmdline,
-            pidfile=str(group.pidfile) if group.pidfile is not None else None,
-            user=group.user,
-            unit=group.unit,
+    matches: dict[str, ProcessMatch] = {}
+    for group in groups:
+        fields = {
+            "comm": group.comm,
+            "cmdline": group.cmdline,
+            "pidfile": str(group.pidfile) if group.pidfile is not None else None,
+            "user": group.user,
+            "unit": group.unit,
+        }
+        # Only the matchers the group sets: the match's validators expect values.
+        matches[group.name] = ProcessMatch.model_validate(
+            {name: value for name, value in fields.items() if value is not None}
         )
-        for group in groups
-    }
+    return matches
 
 
 @dataclass(slots=True)
