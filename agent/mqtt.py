@@ -457,6 +457,7 @@ class MqttPublisher:
             payload=raw,
             via=f"mqtt:{message.topic.value}",
             retained=message.topic.matches(self._topics.fleet_pause),
+            fleet=message.topic.matches(self._topics.fleet_commands),
             response_topic=response_topic,
             correlation_data=correlation,
         )
