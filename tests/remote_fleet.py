@@ -22,6 +22,7 @@ __all__ = [
     "rss_kib",
     "runs",
     "send",
+    "token",
     "until",
 ]
 
