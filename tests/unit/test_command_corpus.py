@@ -8,6 +8,7 @@ that escapes with anything but a :class:`CommandRejectedError` is found in secon
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -28,14 +29,14 @@ KEYS = {"ops": TrustedKey("ops", KEY.public_key(), KeyPolicy(playbooks=("dry-*",
 
 
 def _valid() -> list[bytes]:
-    base = {
+    base: dict[str, Any] = {
         "key_id": "ops",
         "issuer": "fuzz",
         "selector": {"nodes": ["web-1"], "labels": {"rack": "a"}},
         "issued_at": NOW,
         "expires_at": NOW + 60,
     }
-    commands = [
+    commands: list[dict[str, Any]] = [
         {"kind": "run", "playbook": "dry-check", "target": "demo.service", "params": {"n": 1}},
         {"kind": "approve", "run_id": "01ABCDEF"},
         {"kind": "pause"},
