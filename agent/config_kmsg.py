@@ -33,16 +33,27 @@ class KmsgPatternConfig(FrozenModel):
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
+    """The pattern's name: the `pattern` label of its series."""
     kind: Literal["event", "condition"]
+    """event (an edge, recorded as an event) or condition (a level that holds until cleared)."""
     regex: str
+    """Regular expression searched in each kernel log message; named groups become event data."""
     type: str | None = None
+    """The event type; default io.nodemedic.kernel.<name with dashes as underscores>."""
     subject: str = ""
+    """The event's subject, with {group} placeholders from the regex."""
     clear: str | None = None
+    """For a condition: a regular expression whose match clears it."""
     timeout: Duration | None = None
+    """For a condition: clear it this long after the last match."""
     window: Duration = timedelta(minutes=10)
+    """How far back nodemedic_kernel_pattern_matches counts."""
     max_events: int = Field(default=20, ge=0, le=100_000)
+    """Most events recorded per window; further matches are only counted."""
     source: Literal["kernel", "any"] = "kernel"
+    """kernel: only lines the kernel logged; any: also lines written from userspace."""
     description: str = ""
+    """What the pattern means, for humans."""
 
     @model_validator(mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from remediations.gates import DEFAULT_PROTECTED, Decision, GateInput, evaluate
 from remediations.journal import Journal
 from remediations.library import PlaybookLibrary
 from remediations.model import Mode, Playbook, RenderError, RunState, render_params
+from remediations.steps import params_problem, playbook_disruptive, step_idempotent
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ class RemediationEngine:
         labels: Mapping[str, str],
     ) -> RunRecord:
         now = self._clock()
-        disruptive = self.disruptive(playbook)
+        problem = params_problem(self._actions, playbook, target, labels)
+        disruptive = problem is not None or self.disruptive(playbook, target, labels)
         run = self.journal.create(
             playbook=playbook.name,
             target=target,
@@ -187,6 +189,12 @@ class RemediationEngine:
             now=now,
         )
         self._event("requested", run, {"source": source, "mode": playbook.mode.value})
+        if problem is not None:
+            # Steps that cannot be rendered for this target never reach the gates.
+            refusal = Decision("params", allowed=False, reason=problem)
+            self.journal.decide(run.run_id, "trigger", [refusal], now)
+            self._skip(run, playbook, refusal, "trigger")
+            return run
         if not self._gate(run, playbook, "trigger"):
             return run
         if playbook.mode is Mode.OBSERVE:
@@ -403,12 +411,14 @@ class RemediationEngine:
 
     # -- state -------------------------------------------------------------------------
 
-    def disruptive(self, playbook: Playbook) -> bool:
-        """The playbook says so, or one of its steps' actions is disruptive."""
-        return playbook.disruptive or any(
-            (action := self._actions.get(step.action)) is not None and action.disruptive
-            for step in playbook.steps
-        )
+    def disruptive(self, playbook: Playbook, target: str, labels: Mapping[str, str]) -> bool:
+        """Whether a run of ``playbook`` on ``target`` is disruptive (see :mod:`.steps`)."""
+        return playbook_disruptive(self._actions, playbook, target, labels)
+
+    def step_idempotent(self, playbook: Playbook, index: int, target: str) -> bool:
+        """Whether step ``index`` of a run on ``target`` may run again (recovery asks)."""
+        labels = self._labels_for(playbook, target)
+        return step_idempotent(self._actions, playbook, index, target, labels)
 
     def firing_for(self, playbook: Playbook, target: str) -> list[Condition]:
         """The firing conditions of the playbook's trigger rules that render to ``target``."""

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from agent.errors import ConfigError, ConfigIssue
 from remediations.actions.base import Action
-from remediations.model import Playbook
+from remediations.model import Playbook, placeholders
 
 BUILTIN_DIR = Path(__file__).parent / "playbooks"
 
@@ -187,13 +187,36 @@ def _check_steps(
                 action.Params.model_validate(step.params)
             except ValidationError as err:
                 prefix = f"{where}[{index}].params"
+                templated = _templated_paths(step.params)
                 issues.extend(
                     _issue(source, error, prefix=prefix, model=action.Params)
                     for error in err.errors()
+                    if not _within(tuple(error["loc"]), templated)
                 )
     if len(issues) > before and not absent:
         absent.append("(invalid params)")
     return absent
+
+
+def _templated_paths(value: Any, at: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Where ``value`` holds strings with placeholders (``{target}``, ``{labels.NAME}``).
+
+    Such a value is only known per run, so it is validated when the run renders it; an
+    error on it at load time (``'{target}'`` is not a unit name) says nothing.
+    """
+    if isinstance(value, str):
+        return [at] if placeholders(value) else []
+    if isinstance(value, Mapping):
+        return [p for key, item in value.items() for p in _templated_paths(item, (*at, key))]
+    if isinstance(value, list | tuple):
+        return [p for i, item in enumerate(value) for p in _templated_paths(item, (*at, i))]
+    return []
+
+
+def _within(loc: tuple[str | int, ...], templated: list[tuple[str | int, ...]]) -> bool:
+    # So is an error of a nested model holding one (``match`` when ``match.group`` is
+    # templated); the params' own model-level checks still run at load.
+    return any(loc[: len(path)] == path or (loc and path[: len(loc)] == loc) for path in templated)
 
 
 def _issue(source: str, error: Any, *, prefix: str = "", model: Any = Playbook) -> ConfigIssue:

@@ -67,8 +67,12 @@ def _settle(
     done = {a.step for a in attempts if a.phase == "steps" and a.state == "succeeded"}
     if in_flight:
         step = in_flight[-1].step
-        action = actions.get(in_flight[-1].action)
-        if action is None or not action.idempotent:
+        same = actions.get(in_flight[-1].action) is not None and (
+            playbook.steps[step].action == in_flight[-1].action
+            if 0 <= step < len(playbook.steps)
+            else False
+        )
+        if not same or not engine.step_idempotent(playbook, step, run.target):
             engine.interrupt(
                 run,
                 f"the agent restarted during step {step} ({in_flight[-1].action}), which is not "

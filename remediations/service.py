@@ -8,7 +8,7 @@ read or switch: runs, the decision record, the pause switch, breakers.
 
 from __future__ import annotations
 
-__all__ = ["RemediationRequestError", "RemediationService", "load_library"]
+__all__ = ["RemediationRequestError", "RemediationService", "load_library", "process_matches"]
 
 import os
 import time
@@ -19,11 +19,12 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from agent.config import AgentSettings
+from agent.config import AgentSettings, ProcessGroupConfig
 from agent.model import Condition
 from agent.store import Store
 from remediations.action_catalog import available_actions
 from remediations.actions.base import Action
+from remediations.actions.processes import ProcessMatch
 from remediations.engine import RemediationEngine, RemediationRequestError
 from remediations.execution import Emit
 from remediations.journal import Journal
@@ -49,6 +50,20 @@ def load_library(settings: AgentSettings) -> tuple[dict[str, type[Action]], Play
     return actions, library
 
 
+def process_matches(groups: Sequence[ProcessGroupConfig]) -> dict[str, ProcessMatch]:
+    """The ``processes`` probe's groups as ``process.signal`` matches them, by name."""
+    return {
+        group.name: ProcessMatch(
+            comm=group.comm,
+            cmdline=group.cmdline,
+            pidfile=str(group.pidfile) if group.pidfile is not None else None,
+            user=group.user,
+            unit=group.unit,
+        )
+        for group in groups
+    }
+
+
 @dataclass(slots=True)
 class _Services:
     """What actions act through (:class:`remediations.actions.base.ActionServices`)."""
@@ -57,6 +72,7 @@ class _Services:
     emit_event: Emit
     protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
     systemd_bus: str | None = None
+    process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record an event."""
@@ -96,7 +112,10 @@ class RemediationService:
             conditions=conditions,
             emit=emit,
             services=_Services(
-                node=settings.node.name, emit_event=emit, systemd_bus=settings.probes.units.bus
+                node=settings.node.name,
+                emit_event=emit,
+                systemd_bus=settings.probes.units.bus,
+                process_groups=process_matches(settings.probes.processes.groups),
             ),
             clock=clock,
         )

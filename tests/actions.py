@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from remediations.actions.base import ActionContext
+from remediations.actions.processes import ProcessMatch
 
 
 @dataclass
@@ -19,6 +20,7 @@ class RecordingServices:
     node: str = "node-1"
     protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
     systemd_bus: str | None = None
+    process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
     emitted: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:

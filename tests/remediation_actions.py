@@ -10,7 +10,7 @@ process did even after SIGKILL). ``wait_for`` makes a step block until that file
 
 from __future__ import annotations
 
-__all__ = ["ACTIONS", "FAILING", "RecordDisruptive", "RecordIdempotent", "read_log"]
+__all__ = ["ACTIONS", "FAILING", "RecordAs", "RecordDisruptive", "RecordIdempotent", "read_log"]
 
 import asyncio
 import json
@@ -85,7 +85,24 @@ class RecordIdempotent(_Record):
     idempotent: ClassVar[bool] = True
 
 
+class RecordAsParams(RecordParams):
+    """Params of ``test.record_as``: the step says what it is, like ``exec``'s."""
+
+    disruptive: bool = True
+    idempotent: bool = False
+
+
+class RecordAs(_Record):
+    """A step whose params say whether it is disruptive or idempotent (like ``exec``)."""
+
+    name: ClassVar[str] = "test.record_as"
+    disruptive: ClassVar[bool] = True
+    idempotent: ClassVar[bool] = False
+    Params: ClassVar[type[BaseModel]] = RecordAsParams
+
+
 ACTIONS: dict[str, type[Action]] = {
+    RecordAs.name: RecordAs,
     RecordDisruptive.name: RecordDisruptive,
     RecordIdempotent.name: RecordIdempotent,
 }

@@ -38,16 +38,26 @@ class MountEntry:
         device: the mount source (``/dev/sda1``, ``server:/export``, ``tmpfs``).
         fstype: the filesystem type (``ext4``, ``nfs4``, ``fuse.sshfs``).
         options: the per-mount options (field 6), e.g. ``("rw", "relatime")``.
+        super_options: the filesystem's own (superblock) options, after the source.
     """
 
     mountpoint: str
     device: str
     fstype: str
     options: tuple[str, ...]
+    super_options: tuple[str, ...] = ()
 
     @property
     def readonly(self) -> bool:
-        """True when mounted with ``ro``."""
+        """True when the filesystem itself is read-only (its superblock options say ``ro``).
+
+        A read-only *mount* of a writable filesystem is not: systemd's sandboxing
+        (``ProtectSystem=strict``) makes every mount read-only in the agent's own view,
+        while an ext4 remounted read-only after an error, or ``mount -o remount,ro``,
+        marks the superblock. Without superblock options the per-mount flag decides.
+        """
+        if self.super_options:
+            return "ro" in self.super_options
         return "ro" in self.options
 
 
@@ -68,6 +78,7 @@ def parse_mountinfo(path: Path, text: str) -> Iterator[MountEntry]:
             separator = fields.index("-", 6)
             fstype = fields[separator + 1]
             source = fields[separator + 2] if len(fields) > separator + 2 else ""
+            super_options = fields[separator + 3] if len(fields) > separator + 3 else ""
         except (ValueError, IndexError):
             raise parse_error(path, f"bad mountinfo line {line!r}") from None
         yield MountEntry(
@@ -75,6 +86,7 @@ def parse_mountinfo(path: Path, text: str) -> Iterator[MountEntry]:
             device=_unescape(source),
             fstype=_unescape(fstype),
             options=tuple(fields[5].split(",")),
+            super_options=tuple(super_options.split(",")) if super_options else (),
         )
 
 
@@ -155,7 +167,8 @@ def _samples(mount: MountEntry, stat: os.statvfs_result) -> list[Sample]:
     avail = stat.f_bavail * block
     used_ratio = used / (used + avail) if size > 0 and used + avail > 0 else 0.0
     inodes_ratio = (stat.f_files - stat.f_ffree) / stat.f_files if stat.f_files > 0 else 0.0
-    readonly = mount.readonly or bool(stat.f_flag & os.ST_RDONLY)
+    # Not statvfs's ST_RDONLY: it also reports a read-only mount of a writable filesystem.
+    readonly = mount.readonly
     labels = {
         "mountpoint": _label(mount.mountpoint),
         "device": _label(mount.device),

@@ -20,11 +20,14 @@ __all__ = [
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:  # processes.py imports this module through fields.py
+    from remediations.actions.processes import ProcessMatch
 
 
 class ActionError(AgentError):
@@ -69,6 +72,9 @@ class ActionServices(Protocol):
 
     systemd_bus: str | None
     """The D-Bus address systemd actions use; None for the system bus."""
+
+    process_groups: Mapping[str, ProcessMatch]
+    """The ``processes`` probe's groups by name, as ``process.signal`` matches them."""
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record an event (``event.escalate`` uses it)."""

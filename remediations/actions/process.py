@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import ClassVar, Literal
 
@@ -30,7 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agent.config_types import Duration
 from remediations.actions.base import ActionContext, ActionError, ActionResult
 from remediations.actions.fields import params_as
-from remediations.actions.processes import ProcessMatch, ProcessRef, ProcessTable
+from remediations.actions.processes import (
+    ProcessMatch,
+    ProcessRef,
+    ProcessTable,
+    resolve_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +44,8 @@ class ProcessSignalParams(BaseModel):
     """Params of ``process.signal``.
 
     Attributes:
-        match: which processes (``comm``, ``cmdline``, ``pidfile``, ``user``, ``unit``,
-            ``pids``; all given must hold).
+        match: which processes (``group``, ``comm``, ``cmdline``, ``pidfile``, ``user``,
+            ``unit``, ``pids``; all given must hold).
         signal: the first signal, ``TERM`` by default.
         grace: how long they have to exit before ``SIGKILL``.
         kill: send ``SIGKILL`` to survivors of the grace (else the step fails).
@@ -162,7 +167,9 @@ class ProcessSignalAction:
         if refs is None:
             params = params_as(ctx, ProcessSignalParams)
             try:
-                refs = tuple(await asyncio.to_thread(self._find, params.match))
+                refs = tuple(
+                    await asyncio.to_thread(self._find, params.match, ctx.services.process_groups)
+                )
             except ActionError as err:
                 # The pidfile or the unit's cgroup is gone with its processes.
                 return ActionResult(ok=True, summary=f"no process matches: {err}")
@@ -220,7 +227,7 @@ class ProcessSignalAction:
 
     async def _targets(self, ctx: ActionContext) -> list[ProcessRef]:
         params = params_as(ctx, ProcessSignalParams)
-        refs = await asyncio.to_thread(self._find, params.match)
+        refs = await asyncio.to_thread(self._find, params.match, ctx.services.process_groups)
         protected = {1, os.getpid(), os.getppid()} | set(ctx.services.protected_pids)
         refused = [r for r in refs if r.pid in protected]
         if refused:
@@ -236,13 +243,18 @@ class ProcessSignalAction:
             )
         return refs
 
-    def _find(self, match: ProcessMatch) -> list[ProcessRef]:
+    def _find(self, match: ProcessMatch, groups: Mapping[str, ProcessMatch]) -> list[ProcessRef]:
         try:
-            return self._table.find(match)
+            refs = self._table.find(resolve_group(match, groups))
+            rest = match.criteria if match.group is not None else None
+            if rest is not None:
+                also = set(self._table.find(rest))
+                refs = [ref for ref in refs if ref in also]
         except OSError as err:
             raise ActionError(f"process.signal: {err.filename}: {err.strerror}") from err
         except ValueError as err:
             raise ActionError(f"process.signal: {err}") from err
+        return refs
 
 
 async def _wait_exit(

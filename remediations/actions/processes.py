@@ -1,8 +1,8 @@
 """Finding the processes of a process group, as the process-groups probe matches them.
 
 A :class:`ProcessMatch` names processes by any of ``comm``, ``cmdline``, ``pidfile``,
-``user``, ``unit`` (the keys of a ``processes`` probe group) or explicit ``pids``; given
-several, a process must satisfy them all.
+``user``, ``unit`` (the keys of a ``processes`` probe group), explicit ``pids``, or the
+name of a configured probe ``group``; given several, a process must satisfy them all.
 Each process found is a :class:`ProcessRef`: its PID *and* its start time (field 22 of
 ``/proc/PID/stat``), so a PID reused by a new process is never mistaken for it.
 Kernel threads and zombies are never matched. Reads only ``/proc`` and the cgroup tree,
@@ -11,12 +11,13 @@ both constructor boundaries of the action.
 
 from __future__ import annotations
 
-__all__ = ["ProcessMatch", "ProcessRef", "ProcessTable", "parse_stat"]
+__all__ = ["ProcessMatch", "ProcessRef", "ProcessTable", "parse_stat", "resolve_group"]
 
 import os
 import pwd
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,14 @@ class ProcessMatch(BaseModel):
         user: the owner, a user name or a numeric uid.
         unit: a systemd unit; its processes are its cgroup's (and sub-cgroups').
         pids: explicit PIDs.
+        group: the members of the ``processes`` probe's group of that name
+            (``probes.processes.groups``), matched by that group's criteria; resolved
+            through ``ActionServices.process_groups`` (see :func:`resolve_group`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    group: str | None = Field(default=None, min_length=1)
     comm: str | None = Field(default=None, min_length=1)
     cmdline: str | None = Field(default=None, min_length=1)
     pidfile: str | None = None
@@ -65,8 +70,13 @@ class ProcessMatch(BaseModel):
     @field_validator("unit")
     @classmethod
     def _unit_name(cls, value: str) -> str:
-        if not _UNIT.fullmatch(value):
-            raise ValueError(f"{value!r} is not a systemd unit name (e.g. nginx.service)")
+        # A path below the cgroup root (user.slice/user@1000.service) as probe groups allow.
+        parts = value.split("/")
+        if not _UNIT.fullmatch(parts[-1]) or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                f"{value!r} is not a systemd unit name (e.g. nginx.service) or a cgroup "
+                "path below the root ending in one (user.slice/user@1000.service)"
+            )
         return value
 
     @field_validator("pids")
@@ -79,8 +89,14 @@ class ProcessMatch(BaseModel):
     @model_validator(mode="after")
     def _at_least_one(self) -> ProcessMatch:
         if all(getattr(self, key) is None for key in type(self).model_fields):
-            raise ValueError("give at least one of comm, cmdline, pidfile, user, unit, pids")
+            raise ValueError("give at least one of group, comm, cmdline, pidfile, user, unit, pids")
         return self
+
+    @property
+    def criteria(self) -> ProcessMatch | None:
+        """This match without ``group``; None when ``group`` was its only criterion."""
+        rest = self.model_dump(exclude_none=True, exclude={"group"})
+        return ProcessMatch.model_validate(rest) if rest else None
 
     def describe(self) -> str:
         """The criteria as ``key=value`` pairs."""
@@ -223,10 +239,32 @@ class ProcessTable:
             ]
         )
         for hierarchy in hierarchies:
-            group = _find_cgroup(hierarchy, unit)
+            if "/" in unit:
+                group: Path | None = hierarchy / unit
+                if not (hierarchy / unit / "cgroup.procs").exists():
+                    group = None
+            else:
+                group = _find_cgroup(hierarchy, unit)
             if group is not None:
                 return _cgroup_pids(group)
         raise ValueError(f"unit {unit} has no cgroup under {root} (is it running?)")
+
+
+def resolve_group(match: ProcessMatch, groups: Mapping[str, ProcessMatch]) -> ProcessMatch:
+    """The criteria of ``match.group`` (``match`` itself when it names no group).
+
+    Raises:
+        ValueError: when no group of that name is configured, naming the known ones.
+    """
+    if match.group is None:
+        return match
+    found = groups.get(match.group)
+    if found is None:
+        known = ", ".join(sorted(groups)) or "none configured"
+        raise ValueError(
+            f"no process group named {match.group!r} in probes.processes.groups ({known})"
+        )
+    return found
 
 
 def _uid(user: str | int) -> int:

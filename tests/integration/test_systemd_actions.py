@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from remediations.actions.base import ActionContext, ActionError
+from remediations.actions.processes import ProcessMatch
 from remediations.actions.systemd import (
     ACTIONS,
     ReloadUnit,
@@ -37,6 +38,7 @@ class _Services:
     systemd_bus: str | None
     node: str = "test-node"
     protected_pids: frozenset[int] = frozenset({1})
+    process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
     events: list[tuple[str, str | None, Mapping[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:

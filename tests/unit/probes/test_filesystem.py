@@ -23,7 +23,7 @@ MOUNTINFO = """\
 22 21 0:20 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
 23 21 8:17 / /mnt/my\\040disk rw,relatime shared:30 master:2 propagate_from:2 - xfs /dev/sdb1 rw
 24 21 8:33 / /srv/ro ro,relatime - ext4 /dev/sdc1 ro
-25 21 8:49 / /srv/flagged rw,relatime - ext4 /dev/sdd1 rw
+25 21 8:49 / /srv/flagged ro,relatime - ext4 /dev/sdd1 rw
 26 21 0:50 / /var/lib/docker/overlay2/abc/merged rw,relatime - overlay overlay rw,lowerdir=/l
 27 21 8:65 / /var/lib/docker/volumes/data rw,relatime - ext4 /dev/sde1 rw
 28 21 8:1 / / ro,relatime shared:1 - ext4 /dev/sda1 ro
@@ -104,9 +104,11 @@ async def test_every_mount_from_a_known_mountinfo(
         (_fs("/", "/dev/sda1", "ext4"), 0.0, plain),
         (_fs("/mnt/my disk", "/dev/sdb1", "xfs"), 0.0, plain),
         (_fs("/srv/ro", "/dev/sdc1", "ext4"), 1.0, plain),
+        # A read-only mount of a writable filesystem (systemd's ProtectSystem=strict gives
+        # the agent such a view of every mount): the filesystem is not read-only.
         (
             _fs("/srv/flagged", "/dev/sdd1", "ext4"),
-            1.0,
+            0.0,
             {
                 "size_bytes": 40_960,
                 "avail_bytes": 40_960,

@@ -13,6 +13,8 @@ from typing import Any
 from agent.config import RemediationConfig
 from agent.model import Condition, ConditionState, Event, Severity, labelset
 from agent.store import Store
+from remediations.actions.base import Action
+from remediations.actions.processes import ProcessMatch
 from remediations.engine import RemediationEngine
 from remediations.journal import Journal
 from remediations.library import PlaybookLibrary
@@ -48,6 +50,7 @@ class _Services:
     node: str = "node-a"
     protected_pids: frozenset[int] = frozenset({1})
     systemd_bus: str | None = None
+    process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
     emitted: list[tuple[str, str | None, Mapping[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
@@ -57,8 +60,16 @@ class _Services:
 class EngineRig:
     """A store in ``directory``, a clock, conditions and the engine; :meth:`restart` reopens."""
 
-    def __init__(self, directory: Path, playbooks: list[Playbook], **config: Any) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        playbooks: list[Playbook],
+        *,
+        actions: Mapping[str, type[Action]] = remediation_actions.ACTIONS,
+        **config: Any,
+    ) -> None:
         self.directory = directory
+        self.actions = dict(actions)
         self.now = T0
         self.conditions: list[Condition] = []
         self.events: list[tuple[str, Mapping[str, Any]]] = []
@@ -72,7 +83,7 @@ class EngineRig:
         library = PlaybookLibrary(playbooks={p.name: p for p in self.playbooks})
         return RemediationEngine(
             library=library,
-            actions=remediation_actions.ACTIONS,
+            actions=self.actions,
             journal=Journal(self.store),
             config=self.config,
             conditions=lambda: self.conditions,
@@ -104,7 +115,7 @@ class EngineRig:
         self.store.close()
         self.store = Store.open(self.directory / "state.db")
         self.engine = self._engine()
-        reconcile(self.engine, dict(remediation_actions.ACTIONS))
+        reconcile(self.engine, self.actions)
 
     async def settle(self) -> None:
         """Let started tasks run until they block."""

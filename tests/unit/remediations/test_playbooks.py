@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentSettings
+from remediations.actions.registry import ACTIONS as REGISTRY
 from remediations.library import BUILTIN_DIR, PlaybookError, load_playbooks
 from remediations.model import Mode, RenderError, placeholders, render, render_params
+from remediations.service import load_library
+from remediations.steps import params_problem
 from tests import remediation_actions
 
 BAD = Path(__file__).resolve().parents[2] / "fixtures" / "bad-playbooks"
@@ -105,3 +108,41 @@ def test_render_substitutes_labels_and_target_only() -> None:
         placeholders("{labels.unit.__class__}")
     with pytest.raises(ValueError, match="unbalanced brace"):
         placeholders("{labels.unit")
+
+
+def test_every_builtin_validates_against_the_real_actions_and_default_rules() -> None:
+    """On a default configuration every built-in can trigger: none is dormant."""
+    settings = AgentSettings()
+    actions, library = load_library(settings)
+    assert library.dormant == {}
+    assert set(library.playbooks) == {
+        "restart-failed-unit",
+        "restart-unit-failing-check",
+        "clean-full-filesystem",
+        "stop-runaway-process-group",
+    }
+    rules = {rule.name for rule in settings.rules}
+    for playbook in library.playbooks.values():
+        assert playbook.mode is Mode.OBSERVE
+        assert set(playbook.trigger.conditions) <= rules
+        # Every step renders and validates for a plausible target of its rule.
+        target = {
+            "restart-failed-unit": "nginx.service",
+            "restart-unit-failing-check": "nginx.service",
+            "clean-full-filesystem": "/var",
+            "stop-runaway-process-group": "web",
+        }[playbook.name]
+        assert params_problem(actions, playbook, target, {}) is None, playbook.name
+
+
+def test_templated_params_are_checked_per_run_and_the_rest_at_load(tmp_path: Path) -> None:
+    body = (
+        "name: p\ntarget: '{labels.unit}'\ntrigger: {conditions: [unit-failed]}\n"
+        "steps: [{action: systemd.restart_unit, params: {unit: %s}}]\n"
+    )
+    (tmp_path / "p.yaml").write_text(body % "'{target}'", encoding="utf-8")
+    library = load_playbooks(tmp_path, actions=REGISTRY, rules=RULES, builtin_dir=None)
+    assert "p" in library.playbooks
+    (tmp_path / "p.yaml").write_text(body % "'nginx'", encoding="utf-8")
+    with pytest.raises(PlaybookError, match=r"p\.yaml: steps\[0\]\.params\.unit: invalid unit"):
+        load_playbooks(tmp_path, actions=REGISTRY, rules=RULES, builtin_dir=None)

@@ -110,6 +110,39 @@ async def test_without_kill_a_survivor_fails_the_step(children: Children) -> Non
 
 
 @pytest.mark.asyncio
+async def test_a_group_is_the_processes_probe_group_of_that_name(children: Children) -> None:
+    polite = children.start(EXITS_ON_TERM)
+    other = children.start(EXITS_ON_TERM)
+    groups = {
+        "web": ProcessMatch(cmdline=rf"{children.token}$", user=str(os.getuid())),
+        "db": ProcessMatch(cmdline="never-matches-anything-here"),
+    }
+    services = RecordingServices(process_groups=groups)
+    # The group, narrowed by an extra criterion given beside it.
+    params = _params(match={"group": "web", "pids": [polite.pid]}, grace="2s")
+    result = await ProcessSignalAction().apply(step(params, services=services))
+    assert result.details["signalled"] == [polite.pid]
+    assert polite.wait(timeout=30) == -signal.SIGTERM
+    assert _running(other)
+    # The whole group.
+    whole = await ProcessSignalAction().apply(
+        step(_params(match={"group": "web"}, grace="2s"), dry_run=True, services=services)
+    )
+    assert [p["pid"] for p in whole.details["processes"]] == [other.pid]
+    assert "group=web" in whole.summary
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_group_is_refused_naming_the_configured_ones(children: Children) -> None:
+    child = children.start(EXITS_ON_TERM)
+    services = RecordingServices(process_groups={"web": ProcessMatch(comm="nginx")})
+    params = _params(match={"group": "wbe"})
+    with pytest.raises(ActionError, match=r"no process group named 'wbe'.*\(web\)"):
+        await ProcessSignalAction().precheck(step(params, services=services))
+    assert _running(child)
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("protected", ["pid1", "agent", "parent", "configured"])
 async def test_protected_processes_are_refused(children: Children, protected: str) -> None:
     child = children.start(EXITS_ON_TERM)
@@ -250,7 +283,7 @@ def test_stat_lines_with_awkward_names_parse() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"match": {}}, "give at least one of comm, cmdline, pidfile, user, unit, pids"),
+        ({"match": {}}, "give at least one of group, comm, cmdline, pidfile, user, unit, pids"),
         (
             {"match": {"cmdline": "("}},
             "match.cmdline\n  Value error, invalid regular expression '('",
