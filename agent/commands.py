@@ -309,6 +309,8 @@ def _parse(payload: bytes) -> tuple[Command, bytes]:
         body = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CommandRejectedError(Rejection.MALFORMED, f"not JSON: {err}") from None
+    except RecursionError:
+        raise CommandRejectedError(Rejection.MALFORMED, _TOO_DEEP) from None
     if not isinstance(body, dict) or set(body) != {"command", "signature"}:
         raise CommandRejectedError(
             Rejection.MALFORMED, 'expected an object with exactly "command" and "signature"'
@@ -320,6 +322,9 @@ def _parse(payload: bytes) -> tuple[Command, bytes]:
         signature = base64.b64decode(raw_signature, validate=True)
     except (ValueError, binascii.Error) as err:
         raise CommandRejectedError(Rejection.MALFORMED, f"signature is not base64: {err}") from None
+    if base64.b64encode(signature).decode("ascii") != raw_signature:
+        # The decoder ignores a last character's spare bits: one signature, one spelling.
+        raise CommandRejectedError(Rejection.MALFORMED, "signature is not canonical base64")
     try:
         _refuse_floats(body["command"])
         command = Command.model_validate(body["command"])
@@ -331,7 +336,14 @@ def _parse(payload: bytes) -> tuple[Command, bytes]:
         ) from None
     except ValueError as err:
         raise CommandRejectedError(Rejection.MALFORMED, f"command: {err}") from None
+    except RecursionError:
+        raise CommandRejectedError(Rejection.MALFORMED, _TOO_DEEP) from None
     return command, signature
+
+
+# A command is at most three levels deep; far deeper input exhausts the (recursive) JSON
+# decoder or the float check and must be a refusal like any other, not a crash.
+_TOO_DEEP = "nested too deeply to be a command"
 
 
 def _check_time(

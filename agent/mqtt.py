@@ -50,6 +50,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
 from agent.broker_url import BrokerUrl
+from agent.commands import MAX_COMMAND_BYTES
 from agent.config import MqttConfig
 from agent.model import Condition, MqttLinkState, MqttStatus
 from agent.remote import CommandReply, IncomingCommand
@@ -66,6 +67,12 @@ _TRANSIENT_CODES: Final = frozenset(
     {3, 0x88, 0x89, 0x97, 0x9F}
 )  # server unavailable/busy, quota, rate
 _STATE_TIMEOUT: Final = 5.0  # seconds for a retained status publish at connect or stop
+# What the agent receives is commands: a flood must not grow its memory. The broker drops
+# packets over the size announced at connect (MQTT 5 Maximum Packet Size; commands are
+# read up to MAX_COMMAND_BYTES), and past this many waiting messages new ones are dropped
+# (paho acknowledges on receipt, so a backlog would otherwise queue here without bound).
+_MAX_INCOMING_PACKET: Final = MAX_COMMAND_BYTES + 4096
+_INCOMING_QUEUE: Final = 256
 
 
 class EventOutbox(Protocol):
@@ -357,6 +364,7 @@ class MqttPublisher:
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = int(config.session_expiry.total_seconds())
+            properties.MaximumPacketSize = _MAX_INCOMING_PACKET
         password = config.password.get_secret_value() if config.password is not None else None
         client = _Client(
             broker.host,
@@ -378,6 +386,7 @@ class MqttPublisher:
             keepalive=int(config.keepalive.total_seconds()),
             timeout=config.connect_timeout.total_seconds(),
             max_inflight_messages=self._window + 2,
+            max_queued_incoming_messages=_INCOMING_QUEUE,
             tls_context=tls_context,
             tls_insecure=(not config.tls.check_hostname) if broker.tls else None,
             logger=paho_log,
@@ -457,6 +466,7 @@ class MqttPublisher:
             payload=raw,
             via=f"mqtt:{message.topic.value}",
             retained=message.topic.matches(self._topics.fleet_pause),
+            fleet=message.topic.matches(self._topics.fleet_commands),
             response_topic=response_topic,
             correlation_data=correlation,
         )

@@ -97,6 +97,8 @@ class IncomingCommand:
         payload: the raw bytes.
         via: where it came from, for the record (``mqtt:<topic>``, ``http``).
         retained: a retained MQTT message (only ``fleet/pause`` is read as state).
+        fleet: it came on ``fleet/commands``, where a selector that leaves this node out
+            is the sender's intent, not an error: such a command is dropped unanswered.
         response_topic: MQTT 5 response topic, where the reply goes.
         correlation_data: MQTT 5 correlation data, echoed in the reply.
     """
@@ -104,6 +106,7 @@ class IncomingCommand:
     payload: bytes
     via: str
     retained: bool = False
+    fleet: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
 
@@ -236,7 +239,12 @@ class RemoteCommands:
         self._fleet_pause_issued = -1
 
     def handle(self, incoming: IncomingCommand) -> CommandReply | None:
-        """Verify and carry out one command; None when it needs no reply (a stale fleet pause)."""
+        """Verify and carry out one command.
+
+        Returns:
+            The reply, or None when none is due: a fleet pause already applied, or a
+            fleet command whose selector leaves this node out.
+        """
         now = self._clock()
         fleet_state = incoming.retained
         try:
@@ -254,6 +262,11 @@ class RemoteCommands:
                 return self._apply_fleet_pause(command, incoming)
             self._claim(command, now)
         except CommandRejectedError as err:
+            if incoming.fleet and err.reason is Rejection.WRONG_NODE:
+                # Signed, in date, for other nodes: every node not selected would
+                # otherwise answer (and record) a refusal for each fleet command.
+                log.debug("fleet command %s is not for this node", err.nonce)
+                return None
             return self._rejected(err, incoming)
         except StoreError as err:
             # Without the nonce cache a replay cannot be told apart: refuse.

@@ -152,12 +152,21 @@ class RemediationEngine:
                 )
             target = found.target
         merged = {**self._labels_for(found, target), **(labels or {})}
-        return self._start(found, target, source, {"source": source, "target": target}, merged)
+        trigger = {"source": source, "target": target, "labels": dict(labels or {})}
+        return self._start(found, target, source, trigger, merged)
 
     def _labels_for(self, playbook: Playbook, target: str) -> dict[str, str]:
         for condition in self.firing_for(playbook, target):
             return dict(condition.labels)
         return {}
+
+    def _run_labels(self, playbook: Playbook, run: RunRecord) -> dict[str, str]:
+        # A run carried on later (approved, resumed after a crash) keeps the labels it was
+        # triggered with (a remote run's params, its condition's labels) over those of
+        # whatever fires now: without them its placeholders would no longer render.
+        recorded = self.journal.trigger_of(run.run_id).get("labels")
+        kept = {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+        return {**self._labels_for(playbook, run.target), **kept}
 
     def _start(
         self,
@@ -289,7 +298,7 @@ class RemediationEngine:
         self.journal.put(f"approval:{run_id}", {"by": by, "at": now})
         self._event("approved", run, {"by": by})
         self.journal.transition(run_id, RunState.GATED, now)
-        labels = self._labels_for(playbook, run.target)
+        labels = self._run_labels(playbook, run)
         self._spawn(run, playbook, labels, self._execute(run, playbook, labels))
         return run
 
@@ -486,7 +495,7 @@ class RemediationEngine:
 
     def resume(self, run: RunRecord, playbook: Playbook, *, first_step: int, regate: bool) -> None:
         """Continue a run found unfinished after a restart (see :mod:`remediations.recovery`)."""
-        labels = self._labels_for(playbook, run.target)
+        labels = self._run_labels(playbook, run)
         work = self._execute(run, playbook, labels, first_step=first_step, regate=regate)
         self._spawn(run, playbook, labels, work)
 
@@ -500,7 +509,7 @@ class RemediationEngine:
 
     def verify_again(self, run: RunRecord, playbook: Playbook) -> None:
         """Resume a run that crashed while verifying: verification only reads."""
-        labels = self._labels_for(playbook, run.target)
+        labels = self._run_labels(playbook, run)
         ctx = RunContext(run.run_id, playbook.name, run.target, labels, False)
         self._spawn(run, playbook, labels, self._verify(run, playbook, ctx))
 

@@ -153,6 +153,8 @@ def test_the_key_policy_limits_playbooks_params_approvals_and_pausing() -> None:
         (b'{"command": {}, "signature": "!!"}', "signature is not base64"),
         (b'{"command": {"nonce": 1.5}, "signature": ""}', "floats have no canonical form"),
         (b'{"command": {"key_id": "ops"}, "signature": ""}', "command.issuer: Field required"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b'{"command": {}, "signature": "AB=="}', "signature is not canonical base64"),
     ],
 )
 def test_malformed_payloads_name_what_is_wrong(payload: bytes, fragment: str) -> None:

@@ -164,6 +164,21 @@ def test_every_refusal_is_an_event_and_nothing_runs(harness: Harness) -> None:
     assert [d["reason"] for _, d in harness.events] == list(cases)
 
 
+def test_a_fleet_command_for_other_nodes_is_dropped_but_a_forged_one_is_refused(
+    harness: Harness,
+) -> None:
+    other = _signed(selector={"nodes": ["db-*"]})
+    assert harness.remote.handle(IncomingCommand(other, via="mqtt:fleet", fleet=True)) is None
+    assert harness.events == []
+
+    stranger = Ed25519PrivateKey.generate()
+    forged = sign_command(Command.model_validate(json.loads(other)["command"]), stranger)
+    reply = harness.remote.handle(IncomingCommand(forged, via="mqtt:fleet", fleet=True))
+    assert reply is not None
+    assert reply.reason == "bad_signature"
+    assert harness.control.calls == []
+
+
 def test_the_retained_fleet_pause_is_applied_by_issue_time(harness: Harness) -> None:
     pause = _signed("pause", expires_at=int(NOW) + 3600)
     retained = IncomingCommand(pause, via="mqtt:fleet/pause", retained=True)
