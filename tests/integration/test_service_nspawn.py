@@ -7,8 +7,10 @@ network, so a drop-in moves the agent's API to a free loopback port before the i
 The tests then show what systemd does with the agent: it is ``active`` only once the
 agent has said ``READY=1``; when the agent stops making progress (SIGSTOP freezes every
 thread, so no ``WATCHDOG=1`` comes) systemd's watchdog kills and restarts it; a bad
-configuration (exit 78) stops it without a restart loop; ``dpkg --purge`` stops it and
-removes its state.
+configuration (exit 78) stops it without a restart loop; as user ``nodemedic`` it restarts
+a failed unit on the host it watches when the shipped polkit rule lists the unit, and is
+refused one the rule does not list (the rootfs has polkitd, see
+scripts/ensure-nspawn-rootfs); ``dpkg --purge`` stops it and removes its state.
 """
 
 from __future__ import annotations
