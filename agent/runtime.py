@@ -67,6 +67,8 @@ OUTBOX_USED = "nodemedic_mqtt_outbox_used_ratio"
 _LAG_PERIOD = 0.5
 _AGENT_SAMPLE_PERIOD = 1.0
 _WATCH_RETRY_MIN = 0.5
+_HOLD_TICK = 0.25
+"""Seconds between re-evaluations of push probes' readings while a condition is pending."""
 """First pause before a failed push probe is watched again; it doubles up to its interval."""
 
 
@@ -156,6 +158,8 @@ class Agent:
                     for probe in self._probes:
                         group.create_task(self._loop_of(probe), name=f"probe:{probe.name}")
                     group.create_task(self._measure_lag(), name="loop-lag")
+                    if any(is_push(probe) for probe in self._probes):
+                        group.create_task(self._hold_loop(), name="push-holds")
                     group.create_task(self._watchdog(), name="watchdog")
                     group.create_task(self._wait_for_stop(), name="stop")
                     if self._outbox:
@@ -330,6 +334,27 @@ class Agent:
             self._record(probe.name, ProbeUpdate(error=error), started=self._clock(), duration=0.0)
             self._progress[probe.name] = loop.time()
             await asyncio.sleep(backoff.next())
+
+    async def _hold_loop(self) -> None:
+        """Advance conditions that wait on time alone over push probes' last readings.
+
+        A push probe yields only when something changes (and at its resync), so a
+        condition pending for its rule's ``for:``, or a flapping one waiting to stay clear,
+        would otherwise move only on the next change: a unit failed for ``for: 10s`` would
+        fire at the 60 s resync. Its last reading still holds, so it is observed again.
+        """
+        push = [p.name for p in self._probes if is_push(p)]
+        while True:
+            await asyncio.sleep(_HOLD_TICK)
+            tracker = self._require_tracker()
+            if not any(c.pending_since is not None for c in tracker.conditions()):
+                continue
+            now = self._clock()
+            transitions: list[Transition] = []
+            for name in push:
+                if self._status[name].error is None and name in self._latest:
+                    transitions += tracker.observe(self._covered[name], self._latest[name], now)
+            self._apply(transitions)
 
     async def _run_probe(self, probe: Probe) -> None:
         started = self._clock()

@@ -50,7 +50,8 @@ class NspawnError(RuntimeError):
 
 def ensure_rootfs(rootfs: Path = ROOTFS) -> Path:
     """The cached rootfs, built by ``scripts/ensure-nspawn-rootfs`` when missing."""
-    if not (rootfs / ".nodemedic-rootfs").exists():
+    complete = (rootfs / ".nodemedic-rootfs").exists()
+    if not complete or not (rootfs / "usr/lib/polkit-1/polkitd").exists():
         result = subprocess.run(
             [str(ENSURE_ROOTFS), str(rootfs)],
             capture_output=True,

@@ -309,3 +309,27 @@ async def test_a_push_probe_drives_rules_events_and_recovers_from_a_lost_source(
     finally:
         agent.request_stop()
         await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_push_probe_condition_fires_when_its_for_elapses_without_a_new_update(
+    tmp_path: Path,
+) -> None:
+    """A push probe is silent while nothing changes: its condition must not wait for it."""
+    held = RuleConfig.model_validate(
+        {"name": "load-high", "metric": "nodemedic_load1", "op": ">", "threshold": 4, "for": "1s"}
+    )
+    settings = _settings(tmp_path).model_copy(update={"rules": (held,)})
+    probe = ScriptedPushProbe()  # its resync interval (5 s) is far beyond the wait below
+    agent = Agent(settings, probes=[probe])
+    task = asyncio.create_task(agent.run())
+    try:
+        await probe.queue.put(ProbeUpdate(samples=[Sample.of("nodemedic_load1", 9.0)]))
+        await _until(lambda: [c.state for c in agent.conditions()] == [ConditionState.PENDING])
+        await _until(lambda: [c.state for c in agent.conditions()] == [ConditionState.FIRING])
+        firing = agent.events(type="io.nodemedic.condition.firing", since=0, limit=10)
+        assert len(firing) == 1
+        assert probe.queue.empty()  # no update came after the breach: time alone fired it
+    finally:
+        agent.request_stop()
+        await asyncio.wait_for(task, 5)

@@ -7,19 +7,24 @@ network, so a drop-in moves the agent's API to a free loopback port before the i
 The tests then show what systemd does with the agent: it is ``active`` only once the
 agent has said ``READY=1``; when the agent stops making progress (SIGSTOP freezes every
 thread, so no ``WATCHDOG=1`` comes) systemd's watchdog kills and restarts it; a bad
-configuration (exit 78) stops it without a restart loop; ``dpkg --purge`` stops it and
-removes its state.
+configuration (exit 78) stops it without a restart loop; as user ``nodemedic`` it restarts
+a failed unit on the host it watches when the shipped polkit rule lists the unit, and is
+refused one the rule does not list (the rootfs has polkitd, see
+scripts/ensure-nspawn-rootfs); ``dpkg --purge`` stops it and removes its state.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.cli import EX_CONFIG
+from remediations.library import BUILTIN_DIR
 from tests.conftest import free_port, http_get
 from tests.nspawn import NspawnSystemd, ensure_rootfs
 
@@ -205,6 +210,100 @@ def test_bad_config_stops_the_agent_without_a_restart_loop(agent: InstalledAgent
     assert later == {"ActiveState": "failed", "NRestarts": "0"}
     journal = agent.container.run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout
     assert "probes.cpu.interval" in journal
+
+
+# Fails on its first start only (the marker stays in the container's /var/tmp), then runs.
+FAILS_ONCE = (
+    "[Service]\n"
+    "ExecStart=/bin/sh -c 'if [ -e /var/tmp/{name} ]; then exec sleep infinity; "
+    "else touch /var/tmp/{name}; exit 1; fi'\n"
+)
+LISTED = "nginx.service"
+"""A unit on the shipped polkit rule's list (the test's own, not a real nginx)."""
+UNLISTED = "nm-unlisted.service"
+
+
+def _runs(agent: InstalledAgent) -> list[dict[str, Any]]:
+    status, body = http_get(f"http://127.0.0.1:{agent.port}/v1/runs", timeout=5)
+    assert status == 200, body
+    runs: list[dict[str, Any]] = json.loads(body)["runs"]
+    return runs
+
+
+def _finished_run(agent: InstalledAgent, unit: str) -> dict[str, Any]:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        final = ("succeeded", "failed", "skipped", "interrupted")
+        done = [r for r in _runs(agent) if r["target"] == unit and r["state"] in final]
+        if done:
+            status, body = http_get(
+                f"http://127.0.0.1:{agent.port}/v1/runs/{done[0]['id']}", timeout=5
+            )
+            assert status == 200, body
+            run: dict[str, Any] = json.loads(body)
+            return run
+        time.sleep(0.5)
+    journal = agent.container.run("journalctl", "-u", UNIT, "--no-pager", "-n", "60").stdout
+    pytest.fail(f"no finished run on {unit} within {START_TIMEOUT:.0f}s\n{journal}")
+
+
+def test_the_installed_agent_restarts_a_failed_unit_its_polkit_rule_lets_it_manage(
+    agent: InstalledAgent,
+) -> None:
+    """The whole path as on a host: user nodemedic, D-Bus, polkitd and the shipped rule.
+
+    The built-in restart-failed-unit is switched to enforce the way the operations guide
+    says (the same name in remediation.playbooks_dir). systemd asks polkitd about every
+    request of the unprivileged agent; the rule allows the listed unit, not the other.
+    """
+    run = agent.container.run
+    assert run("test", "-x", "/usr/lib/polkit-1/polkitd", check=False).returncode == 0, (
+        "the rootfs lacks polkitd: scripts/ensure-nspawn-rootfs installs it"
+    )
+    for name in (LISTED, UNLISTED):
+        unit_file = agent.root / "etc/systemd/system" / name
+        unit_file.write_text(FAILS_ONCE.format(name=name), encoding="utf-8")
+    agent.container.daemon_reload()
+    books = agent.root / "etc/nodemedic/playbooks"
+    books.mkdir(exist_ok=True)
+    builtin = (BUILTIN_DIR / "restart-failed-unit.yaml").read_text(encoding="utf-8")
+    assert "\nmode: observe\n" in builtin
+    enforce = builtin.replace("\nmode: observe\n", "\nmode: enforce\n")
+    (books / "restart-failed-unit.yaml").write_text(enforce, encoding="utf-8")
+    shipped = (agent.root / CONFIG.lstrip("/")).read_text(encoding="utf-8")
+    agent.write_config(
+        shipped
+        + f"probes:\n  units: {{units: [{LISTED}, {UNLISTED}]}}\n"
+        + "remediation:\n  playbooks_dir: /etc/nodemedic/playbooks\n"
+    )
+    try:
+        run("systemctl", "restart", "--no-block", UNIT)
+        agent.wait_active()
+
+        # One at a time: the engine runs one disruptive run per host.
+        run("systemctl", "start", "--no-block", LISTED)
+        healed = _finished_run(agent, LISTED)
+        listed = agent.container.systemctl_show(LISTED, "ActiveState", "NRestarts")
+        run("systemctl", "start", "--no-block", UNLISTED)
+        refused = _finished_run(agent, UNLISTED)
+        unlisted = agent.container.systemctl_show(UNLISTED, "ActiveState")
+    finally:
+        agent.write_config(shipped)
+        run("systemctl", "restart", "--no-block", UNIT)
+        agent.wait_active()
+
+    assert healed["state"] == "succeeded", healed
+    assert listed == {"ActiveState": "active", "NRestarts": "0"}
+    steps = [(s["action"], s["state"]) for s in healed["steps"] if s["phase"] == "steps"]
+    assert steps == [("systemd.reset_failed", "succeeded"), ("systemd.restart_unit", "succeeded")]
+    assert refused["state"] == "failed", refused
+    assert unlisted == {"ActiveState": "failed"}
+    denial = refused["steps"][0]["summary"]
+    assert "authentication" in denial.lower() or "denied" in denial.lower(), denial
+    # The decision record says what the agent did as which user, for `nodemedic why`.
+    why = run("nodemedic", "why", healed["id"], "--config", CONFIG, check=False)
+    assert why.returncode == 0, why.stderr
+    assert "state succeeded" in why.stdout
 
 
 def test_purge_stops_the_agent_and_removes_its_state(installed: InstalledAgent) -> None:
