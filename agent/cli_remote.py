@@ -94,7 +94,10 @@ def add_remote_parsers(
             where.add_argument(
                 "--fleet", action="store_true", help="every node, as the retained fleet pause"
             )
-        cmd.add_argument("--ttl", default="60s", help="how long the command stays valid")
+        cmd.add_argument(
+            "--ttl",
+            help="how long the command stays valid (default 60s; a --fleet pause holds 1h)",
+        )
         cmd.add_argument("--api", help="send to one agent's HTTP API instead of MQTT")
         cmd.add_argument(
             "--wait",
@@ -150,8 +153,10 @@ def run_remote(args: argparse.Namespace, settings: AgentSettings) -> int:
 
 def _command(args: argparse.Namespace) -> Command:
     now = int(time.time())
-    ttl = int(parse_duration(args.ttl).total_seconds())
-    if getattr(args, "fleet", False):
+    fleet = bool(getattr(args, "fleet", False))
+    default_ttl = "1h" if fleet and args.command == "pause" else "60s"
+    ttl = int(parse_duration(args.ttl or default_ttl).total_seconds())
+    if fleet:
         selector = Selector()
     elif args.node:
         selector = Selector(nodes=(args.node,))

@@ -86,6 +86,21 @@ class InstalledAgent:
             START_TIMEOUT,
         )
 
+    def restart(self) -> dict[str, str]:
+        """Restart the agent and wait for the new process to be active (READY=1)."""
+        before = self.show("MainPID")["MainPID"]
+        self.container.run("systemctl", "restart", "--no-block", UNIT)
+        # The old process stays "active" until the restart job begins: wait for a new one.
+        return self.wait_for(
+            lambda s: (
+                s["ActiveState"] == "active"
+                and s["SubState"] == "running"
+                and s["MainPID"] not in ("0", before)
+            ),
+            "active (running) in a new process",
+            START_TIMEOUT,
+        )
+
     def write_config(self, text: str) -> None:
         """Replace the agent's configuration file."""
         (self.root / CONFIG.lstrip("/")).write_text(text, encoding="utf-8")
@@ -289,8 +304,7 @@ def test_the_installed_agent_restarts_a_failed_unit_its_polkit_rule_lets_it_mana
         unlisted = agent.container.systemctl_show(UNLISTED, "ActiveState")
     finally:
         agent.write_config(shipped)
-        run("systemctl", "restart", "--no-block", UNIT)
-        agent.wait_active()
+        agent.restart()
 
     assert healed["state"] == "succeeded", healed
     assert listed == {"ActiveState": "active", "NRestarts": "0"}
