@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = ["RemediationRequestError", "RemediationService", "load_library", "process_matches"]
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from pydantic import ValidationError
 
 from agent.config import AgentSettings, ProcessGroupConfig
 from agent.model import Condition
@@ -30,6 +32,8 @@ from remediations.execution import Emit
 from remediations.journal import Journal
 from remediations.library import BUILTIN_DIR, PlaybookLibrary, load_playbooks
 from remediations.recovery import reconcile
+
+log = logging.getLogger(__name__)
 
 
 def load_library(settings: AgentSettings) -> tuple[dict[str, type[Action]], PlaybookLibrary]:
@@ -51,20 +55,27 @@ def load_library(settings: AgentSettings) -> tuple[dict[str, type[Action]], Play
 
 
 def process_matches(groups: Sequence[ProcessGroupConfig]) -> dict[str, ProcessMatch]:
-    """The ``processes`` probe's groups as ``process.signal`` matches them, by name."""
+    """The ``processes`` probe's groups as ``process.signal`` matches them, by name.
+
+    A group the action cannot express (which validation of both models should rule
+    out) is left out with an error in the log: ``process.signal`` then refuses it by
+    name, and the agent keeps running.
+    """
     matches: dict[str, ProcessMatch] = {}
     for group in groups:
-        fields = {
+        criteria = {
             "comm": group.comm,
             "cmdline": group.cmdline,
             "pidfile": str(group.pidfile) if group.pidfile is not None else None,
             "user": group.user,
             "unit": group.unit,
         }
-        # Only the matchers the group sets: the match's validators expect values.
-        matches[group.name] = ProcessMatch.model_validate(
-            {name: value for name, value in fields.items() if value is not None}
-        )
+        try:
+            matches[group.name] = ProcessMatch.model_validate(
+                {key: value for key, value in criteria.items() if value is not None}
+            )
+        except ValidationError as err:
+            log.error("process group %s cannot be matched by process.signal: %s", group.name, err)
     return matches
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from agent.config import AgentSettings
 from remediations.actions.base import ActionError
 from remediations.actions.process import (
     ProcessSignalAction,
@@ -21,6 +22,7 @@ from remediations.actions.process import (
     SignalledProcess,
 )
 from remediations.actions.processes import ProcessMatch, ProcessRef, ProcessTable, parse_stat
+from remediations.service import process_matches
 from tests.actions import RecordingServices, step
 
 IGNORES_TERM = (
@@ -316,3 +318,26 @@ async def test_verify_after_a_restart_counts_a_vanished_pidfile_as_done(tmp_path
     verdict = await ProcessSignalAction().verify(step(params))
     assert verdict.ok
     assert "gone.pid: No such file" in verdict.summary
+
+
+def test_the_probe_groups_of_a_configuration_become_matches() -> None:
+    """Every kind of group a config may hold, as the runtime hands them to the action."""
+    settings = AgentSettings.model_validate(
+        {
+            "probes": {
+                "processes": {
+                    "groups": [
+                        {"name": "app", "pidfile": "/run/app.pid", "comm": "sleep"},
+                        {"name": "web", "cmdline": "nginx: worker", "user": "www-data"},
+                        {"name": "session", "unit": "user.slice/user@1000.service"},
+                    ]
+                }
+            }
+        }
+    )
+    matches = process_matches(settings.probes.processes.groups)
+    assert matches == {
+        "app": ProcessMatch(pidfile="/run/app.pid", comm="sleep"),
+        "web": ProcessMatch(cmdline="nginx: worker", user="www-data"),
+        "session": ProcessMatch(unit="user.slice/user@1000.service"),
+    }
