@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,25 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 FAST_PROBES = {name: {"interval": "200ms"} for name in PROBE_NAMES}
+
+
+def until(check: Callable[[], Any], what: str, agent: AgentProcess, timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with the agent's log.
+
+    Fails at once, with the log, if the agent process has exited meanwhile.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if agent.proc is not None and agent.proc.poll() is not None:
+            code = agent.proc.returncode
+            pytest.fail(
+                f"agent exited with {code} while waiting for {what}:\n{agent.log()[-6000:]}"
+            )
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    pytest.fail(f"{what} did not happen within {timeout}s:\n{agent.log()[-6000:]}")
 
 
 def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -50,22 +50,11 @@ from agent.mqtt import send_command
 from agent.probes.catalog import PROBE_NAMES
 from agent.topics import Topics
 from tests.brokers import MosquittoBroker
-from tests.conftest import REPO, AgentProcess, http_get, http_json
+from tests.conftest import REPO, AgentProcess, http_get, http_json, until
 
 ENV = {"PYTHONPATH": str(REPO)}
 PREFIX = "nodemedic/v1"
 ALL_PROBES_OFF = {name: {"enabled": False} for name in PROBE_NAMES}
-
-
-def until(check: Callable[[], Any], what: str, agent: AgentProcess, timeout: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the agent's log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    pytest.fail(f"{what} did not happen within {timeout}s:\n{agent.log()[-6000:]}")
 
 
 def events(agent: AgentProcess, type_: str) -> list[dict[str, Any]]:

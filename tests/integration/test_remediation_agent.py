@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.config_remote import hash_token
-from tests.conftest import REPO, AgentProcess, http_json, run_cli
+from tests.conftest import REPO, AgentProcess, http_json, run_cli, until
 from tests.remediation_actions import read_log
 
 ENV = {"PYTHONPATH": str(REPO)}
@@ -78,16 +75,6 @@ def _playbook(tmp: Path, mode: str) -> dict[str, Any]:
     }
 
 
-def _until(check: Callable[[], Any], what: str, agent: AgentProcess, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not happen within {timeout}s:\n{agent.log()}")
-
-
 def _events(agent: AgentProcess, kind: str) -> list[dict[str, Any]]:
     body = http_json(f"{agent.url}/v1/events?type=io.nodemedic.remediation.{kind}&limit=100")
     events: list[dict[str, Any]] = body["events"]
@@ -101,14 +88,14 @@ def test_a_run_killed_mid_step_is_reconciled_without_repeating_the_step(
     log = tmp_path / "steps.log"
     agent.start(env=ENV)
     agent.wait_ready()
-    _until(lambda: [x for x in read_log(log) if x["note"] == "act"], "the blocking step", agent)
+    until(lambda: [x for x in read_log(log) if x["note"] == "act"], "the blocking step", agent)
     assert agent.proc is not None
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(timeout=10)
 
     agent.start(env=ENV)
     agent.wait_ready()
-    interrupted = _until(lambda: _events(agent, "interrupted"), "an interrupted event", agent)
+    interrupted = until(lambda: _events(agent, "interrupted"), "an interrupted event", agent)
     run_id = interrupted[0]["data"]["run"]
     assert "not idempotent" in interrupted[0]["data"]["reason"]
     run = http_json(f"{agent.url}/v1/runs/{run_id}")
@@ -131,7 +118,7 @@ def test_observe_mode_touches_nothing_and_says_what_would_run(
     agent = agent_factory(_settings(tmp_path, _playbook(tmp_path, "observe")))
     agent.start(env=ENV)
     agent.wait_ready()
-    would = _until(lambda: _events(agent, "would_run"), "a would_run event", agent)
+    would = until(lambda: _events(agent, "would_run"), "a would_run event", agent)
     steps = would[0]["data"]["steps"]
     assert [s["action"] for s in steps] == ["test.record", "test.record_disruptive"]
     assert steps[0]["params"]["note"] == "prepare"

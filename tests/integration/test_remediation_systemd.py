@@ -19,7 +19,6 @@ condition fires again.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 
 from agent.probes.catalog import PROBE_NAMES
-from tests.conftest import AgentProcess, http_json, run_cli
+from tests.conftest import AgentProcess, http_json, run_cli, until
 from tests.nspawn import (  # the fixtures are imported to register them in this module
     NspawnSystemd,
     nspawn_systemd_fixture,  # noqa: F401
@@ -103,18 +102,6 @@ def _events(agent: AgentProcess, kind: str) -> list[dict[str, Any]]:
     return [e["data"] for e in events]
 
 
-def _until(check: Callable[[], Any], what: str, agent: AgentProcess) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        assert agent.proc is not None
-        assert agent.proc.poll() is None, f"agent exited:\n{agent.log()}"
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    pytest.fail(f"{what} not seen within {WAIT}s; agent log:\n{agent.log()}")
-
-
 def _show(container: NspawnSystemd, unit: str) -> dict[str, str]:
     return container.systemctl_show(unit, "ActiveState", "NRestarts", "InvocationID")
 
@@ -130,7 +117,7 @@ def test_enforce_restarts_a_failed_unit_and_the_run_succeeds(
     agent = _agent(agent_factory, tmp_path, container, unit, _playbook("heal", "enforce"))
     try:
         container.run("systemctl", "start", "--no-block", unit)
-        done = _until(lambda: _events(agent, "succeeded"), "a succeeded run", agent)
+        done = until(lambda: _events(agent, "succeeded"), "a succeeded run", agent, WAIT)
         run = http_json(f"{agent.url}/v1/runs/{done[0]['run']}")
         after = _show(container, unit)
         why = run_cli("why", done[0]["run"], "--config", str(agent.config_path))
@@ -163,11 +150,12 @@ def test_a_unit_that_keeps_crashing_trips_the_breaker_and_escalates(
     agent = _agent(agent_factory, tmp_path, container, unit, book)
     try:
         container.run("systemctl", "start", "--no-block", unit)
-        escalated = _until(lambda: _events(agent, "escalated"), "an escalation", agent)
-        refused = _until(
+        escalated = until(lambda: _events(agent, "escalated"), "an escalation", agent, WAIT)
+        refused = until(
             lambda: [s for s in _events(agent, "skipped") if s["gate"] == "breaker"],
             "a run refused by the open breaker",
             agent,
+            WAIT,
         )
         status = http_json(f"{agent.url}/v1/remediation")
     finally:
@@ -195,9 +183,14 @@ def test_observe_mode_touches_nothing_and_says_what_would_run(
     agent = _agent(agent_factory, tmp_path, container, unit, _playbook("heal", "observe"))
     try:
         container.run("systemctl", "start", "--no-block", unit)
-        _until(lambda: _show(container, unit)["ActiveState"] == "failed", "the unit failed", agent)
+        until(
+            lambda: _show(container, unit)["ActiveState"] == "failed",
+            "the unit failed",
+            agent,
+            WAIT,
+        )
         before = _show(container, unit)
-        would = _until(lambda: _events(agent, "would_run"), "a would_run event", agent)
+        would = until(lambda: _events(agent, "would_run"), "a would_run event", agent, WAIT)
         runs = http_json(f"{agent.url}/v1/runs")["runs"]
         after = _show(container, unit)
     finally:

@@ -18,7 +18,7 @@ from tests.brokers import (  # noqa: F401
     mosquitto_factory_fixture,
     mqtt_pki_fixture,
 )
-from tests.conftest import http_json, run_cli
+from tests.conftest import http_json, run_cli, until
 from tests.remediation_actions import read_log
 from tests.remote_fleet import (  # noqa: F401
     ENV,
@@ -30,7 +30,6 @@ from tests.remote_fleet import (  # noqa: F401
     playbook,
     remote_agents_fixture,
     send,
-    until,
 )
 
 pytestmark = [pytest.mark.mosquitto]

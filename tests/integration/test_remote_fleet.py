@@ -24,7 +24,7 @@ from tests.brokers import (  # noqa: F401
     mosquitto_factory_fixture,
     mqtt_pki_fixture,
 )
-from tests.conftest import http_json, run_cli
+from tests.conftest import http_json, run_cli, until
 from tests.remote_fleet import (  # noqa: F401
     ENV,
     AgentFactory,
@@ -36,7 +36,6 @@ from tests.remote_fleet import (  # noqa: F401
     remote_agents_fixture,
     runs,
     send,
-    until,
 )
 
 pytestmark = [pytest.mark.mosquitto]

@@ -31,7 +31,7 @@ from tests.brokers import (  # noqa: F401
     mqtt_pki_fixture,
 )
 from tests.command_corpus import HUGE, malformed_commands
-from tests.conftest import http_get, http_json
+from tests.conftest import http_get, http_json, until
 from tests.remote_fleet import (  # noqa: F401
     AgentFactory,
     Operator,
@@ -40,7 +40,6 @@ from tests.remote_fleet import (  # noqa: F401
     remote_agents_fixture,
     rss_kib,
     send,
-    until,
 )
 
 pytestmark = [pytest.mark.mosquitto]

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import http_json
+from tests.conftest import http_json, until
 from tests.remote_fleet import (  # noqa: F401
     AgentFactory,
     Operator,
@@ -24,7 +24,6 @@ from tests.remote_fleet import (  # noqa: F401
     remote_agents_fixture,
     runs,
     token,
-    until,
 )
 
 OPS = token()

@@ -20,6 +20,7 @@ from tests.brokers import (  # noqa: F401
     mosquitto_factory_fixture,
     mqtt_pki_fixture,
 )
+from tests.conftest import until
 from tests.remediation_actions import read_log
 from tests.remote_fleet import (  # noqa: F401
     AgentFactory,
@@ -31,7 +32,6 @@ from tests.remote_fleet import (  # noqa: F401
     remote_agents_fixture,
     runs,
     send,
-    until,
 )
 
 pytestmark = [pytest.mark.mosquitto]
