@@ -64,6 +64,16 @@ def _drain_then(log: Path, fail: Path, **extra: Any) -> Any:
     )
 
 
+async def _one_run(rig: EngineRig) -> Mapping[str, Any]:
+    """Fire the condition on /a and wait for the run's end; the engine and store close."""
+    try:
+        rig.fire("/a")
+        return await _finished(rig)
+    finally:
+        await rig.engine.aclose(5.0)
+        rig.store.close()
+
+
 async def _finished(rig: EngineRig) -> Mapping[str, Any]:
     async with asyncio.timeout(60):
         while True:
@@ -85,12 +95,7 @@ async def test_a_failing_later_step_rolls_the_drain_back(
     rig = _rig(
         tmp_path, haproxy_rig, _drain_then(log, fail, on_failure=[{"action": "undrain.node"}])
     )
-    try:
-        rig.fire("/a")
-        end = await _finished(rig)
-    finally:
-        await rig.engine.aclose(5.0)
-        rig.store.close()
+    end = await _one_run(rig)
     assert "step 1 failed: /a: told to fail" in str(end["reason"])
     steps = [d for t, d in rig.events if t.endswith(".step")]
     assert [(d["phase"], d["action"], d["ok"]) for d in steps] == [
@@ -111,12 +116,7 @@ async def test_leave_drained_keeps_the_node_out_after_a_failure(
     fail.touch()
     book = _drain_then(log, fail, leave_drained=True, on_failure=[{"action": "event.escalate"}])
     rig = _rig(tmp_path, haproxy_rig, book)
-    try:
-        rig.fire("/a")
-        end = await _finished(rig)
-    finally:
-        await rig.engine.aclose(5.0)
-        rig.store.close()
+    end = await _one_run(rig)
     assert "step 1 failed" in str(end["reason"])
     assert [t for t, _, _ in rig.services.emitted] == ["io.nodemedic.remediation.escalated"]
     assert haproxy_rig.status() == "DRAIN"
