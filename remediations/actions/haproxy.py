@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from agent.config_drain import HaproxyDrainConfig
 from agent.config_types import Duration
@@ -53,8 +53,8 @@ class HaproxyParams(BaseModel):
 
     @field_validator("socket", "servers")
     @classmethod
-    def _like_the_config(cls, value: Any, info: Any) -> Any:
-        if value is not None:
+    def _like_the_config(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.field_name is not None:
             HaproxyDrainConfig.model_validate({info.field_name: value})
         return value
 

@@ -19,6 +19,7 @@ from remediations.actions.drain import DrainNode, UndrainNode
 from remediations.actions.haproxy import DrainHaproxy, HaproxyParams, UndrainHaproxy
 from remediations.haproxy import HaproxyError, RuntimeApi
 from tests.actions import RecordingServices, step
+from tests.brokers import free_port
 from tests.haproxy import (  # the fixture is imported to register it in this module
     HaproxyRig,
     haproxy_rig_fixture,  # noqa: F401
@@ -190,12 +191,21 @@ async def test_bad_servers_and_sockets_give_clear_errors(
     assert rig.status() == READY
 
 
-async def test_nothing_listening_on_the_tcp_api_is_named(haproxy_rig: HaproxyRig) -> None:
-    from tests.brokers import free_port
-
+async def test_the_client_refuses_bad_addresses_and_smuggled_commands(
+    haproxy_rig: HaproxyRig,
+) -> None:
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(HaproxyError, match=f"nothing listens on HAProxy runtime API {address}"):
         await RuntimeApi(address).command("show info")
+    with pytest.raises(HaproxyError, match="neither an absolute unix socket path nor host:port"):
+        RuntimeApi("haproxy.sock")
+    api = RuntimeApi(haproxy_rig.socket)
+    for smuggled in ("show info\nshutdown frontend fe", "show info; disable server web/host"):
+        with pytest.raises(HaproxyError, match="refusing a runtime API command with a separator"):
+            await api.command(smuggled)
+    with pytest.raises(HaproxyError, match="'web/host/x' is not backend/server"):
+        await api.set_state("web/host/x", "drain")
+    assert haproxy_rig.status() == READY
 
 
 async def test_drain_node_runs_the_configured_method(haproxy_rig: HaproxyRig) -> None:
