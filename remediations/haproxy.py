@@ -183,7 +183,8 @@ class RuntimeApi:
         for backend in dict.fromkeys(split_server(name)[0] for name in names):
             answer = await self.command(f"show servers state {backend}")
             found.update(_parse_servers_state(backend, answer))
-        sessions = _parse_sessions(await self.command("show stat"))
+        # -1 4 -1: every proxy, servers only (4), every server.
+        sessions = _parse_sessions(await self.command("show stat -1 4 -1"))
         missing = [name for name in names if name not in found]
         if missing:
             raise HaproxyError(
