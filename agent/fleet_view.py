@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Final
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.text import Text
 
-from agent.terminal import format_age, format_time, parse_time, styled, table
+from agent.terminal import emit, format_age, format_time, parse_time, styled, table
 
 _SEVERITY_RANK: Final = {"critical": 2, "warning": 1, "info": 0}
 _STATES: Final = ("online", "offline")
@@ -112,7 +112,8 @@ def fleet_nodes(messages: Iterable[tuple[str, bytes]], prefix: str) -> list[Flee
         _node(name, latest.get((name, "status")), latest.get((name, "conditions")))
         for name in names
     ]
-    nodes.sort(key=lambda n: (n.group, -n.severity, n.name))
+    # Within the firing group the most severe first; the rest by name.
+    nodes.sort(key=lambda n: (n.group, -n.severity if n.group == 1 else 0, n.name))
     return nodes
 
 
@@ -242,9 +243,9 @@ def render_fleet(
         f"{offline} offline or unknown, {firing} with firing conditions or unreadable, "
         f"{len(nodes) - offline - firing} healthy"
     )
-    out.print(Text(summary, style="bold"))
+    parts: list[RenderableType] = [Text(summary, style="bold")]
     if not complete:
-        out.print(
+        parts.append(
             styled(
                 "INCOMPLETE: retained messages were still arriving at the time limit "
                 "(raise --timeout)",
@@ -252,14 +253,19 @@ def render_fleet(
             )
         )
     if not nodes:
-        out.print(f"no node has a retained status or conditions message under {prefix}/nodes/")
-        return
-    grid = table("NODE", "STATUS", "SINCE", "CONDITIONS", "VERSION")
-    for node in nodes:
-        grid.add_row(
-            node.name, _status(node), _since(node, now, tz), _conditions(node), node.version or "-"
-        )
-    out.print(grid)
+        parts.append(f"no node has a retained status or conditions message under {prefix}/nodes/")
+    else:
+        grid = table("NODE", "STATUS", "SINCE", "CONDITIONS", "VERSION")
+        for node in nodes:
+            grid.add_row(
+                node.name,
+                _status(node),
+                _since(node, now, tz),
+                _conditions(node),
+                node.version or "-",
+            )
+        parts.append(grid)
+    emit(out, *parts)
 
 
 def _status(node: FleetNode) -> Text:
