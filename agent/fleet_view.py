@@ -265,13 +265,16 @@ def render_fleet(
                 node.version or "-",
             )
         parts.append(grid)
+    problems = [f"  {node.name}: {problem}" for node in nodes for problem in node.problems]
+    if problems:
+        parts += ["", Text("UNREADABLE RETAINED MESSAGES", style="bold"), *problems]
     emit(out, *parts)
 
 
 def _status(node: FleetNode) -> Text:
     status_problems = [p for p in node.problems if p.startswith("status:")]
     if status_problems:
-        return styled(f"UNKNOWN (malformed {status_problems[0]})", "bad")
+        return styled("UNKNOWN (unreadable status, see below)", "bad")
     if node.status == "online":
         return styled("online", "good")
     if node.status == "offline":
@@ -291,7 +294,7 @@ def _since(node: FleetNode, now: float, tz: tzinfo | None) -> str:
 def _conditions(node: FleetNode) -> Text:
     bad = [p for p in node.problems if p.startswith("conditions:")]
     if bad:
-        return styled(f"MALFORMED {bad[0]}", "bad")
+        return styled("UNREADABLE (see below)", "bad")
     if not node.has_conditions:
         return styled("no snapshot", "dim")
     pending = f"; {node.pending} pending" if node.pending else ""

@@ -117,15 +117,17 @@ def test_fleet_lists_offline_and_unreadable_nodes_first_then_firing_then_healthy
         "UTC: 4 nodes, 2 offline or unknown, 1 with firing conditions or unreadable, 1 healthy"
     )
     assert re.split(r"\s{2,}", lines[1]) == ["NODE", "STATUS", "SINCE", "CONDITIONS", "VERSION"]
-    rows = {line.split()[0]: line for line in lines[2:]}
+    rows = {line.split()[0]: line for line in lines[2:6]}
     assert list(rows) == ["node-c", "node-z", "node-b", "node-a"]
+    assert lines[6:8] == ["", "UNREADABLE RETAINED MESSAGES"]
+    assert lines[8].startswith("  node-z: status: not JSON (")
+    assert lines[8].endswith("): b'{garbage'")
     assert re.search(
         r"OFFLINE \(connection lost\) +after \d\d:\d\d:\d\d UTC \(last seen \d+s ago\) +"
         r"none firing",
         rows["node-c"],
     ), rows["node-c"]
-    assert "UNKNOWN (malformed status: not JSON (" in rows["node-z"]
-    assert "b'{garbage'" in rows["node-z"]
+    assert "UNKNOWN (unreadable status, see below)" in rows["node-z"]
     assert re.search(
         r"online +\d\d:\d\d:\d\d UTC \(\d+s ago\) +1 FIRING: critical cores-present", rows["node-b"]
     )

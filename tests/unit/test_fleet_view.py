@@ -135,7 +135,11 @@ def test_the_table_reads_like_kubectl_get_nodes_and_has_no_colour_when_piped() -
         "3 with firing conditions or unreadable, 1 healthy"
     )
     assert re.split(r"\s{2,}", lines[1]) == ["NODE", "STATUS", "SINCE", "CONDITIONS", "VERSION"]
-    rows = {line.split()[0]: line for line in lines[2:]}
+    rows = {line.split()[0]: line for line in lines[2:10]}
+    assert lines[10:13] == ["", "UNREADABLE RETAINED MESSAGES", lines[12]]
+    assert lines[12].startswith("  garbage: status: not JSON (")
+    assert lines[12].endswith("): b'\\xff{not json'")
+    assert lines[13:] == ["  badcond: conditions: conditions[0] has no 'state' string"]
     assert list(rows) == [
         "garbage",
         "lost",
@@ -146,7 +150,7 @@ def test_the_table_reads_like_kubectl_get_nodes_and_has_no_colour_when_piped() -
         "badcond",
         "zeta",
     ]
-    assert "UNKNOWN (malformed status: not JSON (" in rows["garbage"]
+    assert "UNKNOWN (unreadable status, see below)" in rows["garbage"]
     assert "OFFLINE (connection lost)" in rows["lost"]
     assert "after 22:00:03 UTC (last seen 10m00s ago)" in rows["lost"]
     assert "OFFLINE (stopped)" in rows["stopped"]
@@ -154,7 +158,7 @@ def test_the_table_reads_like_kubectl_get_nodes_and_has_no_colour_when_piped() -
     assert "UNKNOWN (no status message)" in rows["nostatus"]
     assert "3 FIRING: critical disk-full x2, warning load-high" in rows["gamma"]
     assert "1 FIRING: warning load-high; 1 pending" in rows["alpha"]
-    assert "MALFORMED conditions: conditions[0] has no 'state' string" in rows["badcond"]
+    assert "UNREADABLE (see below)" in rows["badcond"]
     assert re.search(
         r"^zeta\s+online\s+21:10:03 UTC \(1h00m ago\)\s+none firing\s+0\.4\.0$", rows["zeta"]
     )
