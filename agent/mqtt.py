@@ -882,14 +882,18 @@ async def _collect(
 ) -> tuple[list[tuple[str, bytes]], bool]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
+    quiet_at = loop.time() + quiet
     messages: list[tuple[str, bytes]] = []
     incoming = aiter(client.messages)
-    while (remaining := deadline - loop.time()) > 0:
+    while loop.time() < deadline:
         try:
-            async with asyncio.timeout(min(quiet, remaining)):
+            async with asyncio.timeout_at(min(quiet_at, deadline)):
                 message = await anext(incoming)
         except TimeoutError:
-            return messages, remaining > quiet
+            return messages, quiet_at <= deadline
+        if message.retain:
+            # Live updates keep coming on a busy fleet; only the retained burst must end.
+            quiet_at = loop.time() + quiet
         payload = message.payload
         raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
         if raw:

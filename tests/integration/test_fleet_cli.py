@@ -183,3 +183,59 @@ def test_an_unreachable_broker_or_no_broker_is_a_clear_error(tmp_path: Path) -> 
     result = run_cli("fleet", "--config", str(bare))
     assert result.returncode == 78
     assert "mqtt.url is not set in the configuration" in result.stderr
+
+
+def test_fleet_connects_with_the_agents_credentials_and_client_certificate(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}/v1"
+    online = '{"state":"online","session":"s1","version":"9.9","since":"2026-11-29T22:00:00Z"}'
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            *mosquitto.cli_args(),
+            "-r",
+            "-q",
+            "1",
+            "-t",
+            f"{prefix}/nodes/edge-1/status",
+            "-m",
+            online,
+        ],
+        check=True,
+        timeout=10,
+    )
+    files = {
+        "ca_file": str(mosquitto.ca_cert),
+        "cert_file": str(mosquitto.client_cert),
+        "key_file": str(mosquitto.client_key),
+    }
+    tls = {"url": mosquitto.url("tls"), "topic_prefix": prefix, "tls": files}
+    password = {
+        "url": mosquitto.url("password"),
+        "topic_prefix": prefix,
+        "username": mosquitto.username,
+        "password": mosquitto.good_password,
+    }
+    for mqtt in (tls, password):
+        document = fleet_json(operator_config(tmp_path, mqtt))
+        assert [(n["node"], n["status"], n["version"]) for n in document["nodes"]] == [
+            ("edge-1", "online", "9.9")
+        ]
+    wrong = {**password, "password": mosquitto.bad_password}
+    result = run_cli("fleet", "--config", str(operator_config(tmp_path, wrong)))
+    assert result.returncode == 69
+    assert "refused the credentials" in result.stderr
+    assert mosquitto.bad_password not in result.stderr
+    foreign = {
+        **tls,
+        "tls": {
+            **files,
+            "cert_file": str(mosquitto.foreign_client_cert),
+            "key_file": str(mosquitto.foreign_client_key),
+        },
+    }
+    result = run_cli("fleet", "--config", str(operator_config(tmp_path, foreign)))
+    assert result.returncode == 69
+    assert "TLS" in result.stderr
+    assert "Traceback" not in result.stderr
