@@ -253,7 +253,10 @@ def render_fleet(
             )
         )
     if not nodes:
-        parts.append(f"no node has a retained status or conditions message under {prefix}/nodes/")
+        parts.append(
+            f"no node has a retained status or conditions message under {prefix}/nodes/ "
+            "that this user may read (check mqtt.topic_prefix and the broker's ACL)"
+        )
     else:
         grid = table("NODE", "STATUS", "SINCE", "CONDITIONS", "VERSION")
         for node in nodes:

@@ -233,8 +233,10 @@ async def _get_text(http: aiohttp.ClientSession, url: str) -> str:
 def _why(err: Exception) -> str:
     if isinstance(err, TimeoutError):
         return "no answer in time"
+    if isinstance(err, aiohttp.ClientSSLError):
+        return f"TLS failed: {err.os_error}"
     if isinstance(err, aiohttp.ClientConnectorError) and err.os_error.errno:
-        return os.strerror(err.os_error.errno).lower()
+        return os.strerror(err.os_error.errno).lower()  # "connection refused"
     return str(err) or type(err).__name__
 
 

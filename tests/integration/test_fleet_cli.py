@@ -50,6 +50,15 @@ def operator_config(tmp_path: Path, mqtt: dict[str, Any]) -> Path:
     return path
 
 
+def retain(broker: MosquittoBroker, topic: str, payload: str) -> None:
+    """Publish a retained message with ``mosquitto_pub``, as any client of the broker could."""
+    subprocess.run(
+        ["mosquitto_pub", *broker.cli_args(), "-r", "-q", "1", "-t", topic, "-m", payload],
+        check=True,
+        timeout=10,
+    )
+
+
 def fleet_json(config: Path) -> dict[str, Any]:
     """``nodemedic fleet --json``, decoded; it must succeed."""
     result = run_cli("fleet", "--config", str(config), "--json", "--timeout", "10")
@@ -85,21 +94,7 @@ def test_fleet_lists_offline_and_unreadable_nodes_first_then_firing_then_healthy
 
     until(settled, "three online nodes, node-b firing", agents["node-b"])
     agents["node-c"].kill()  # SIGKILL: no DISCONNECT, the broker publishes node-c's will
-    subprocess.run(
-        [
-            "mosquitto_pub",
-            *mosquitto.cli_args(),
-            "-r",
-            "-q",
-            "1",
-            "-t",
-            f"{prefix}/nodes/node-z/status",
-            "-m",
-            "{garbage",
-        ],
-        check=True,
-        timeout=10,
-    )
+    retain(mosquitto, f"{prefix}/nodes/node-z/status", "{garbage")
     until(
         lambda: (
             {n["node"]: n["status"] for n in fleet_json(config)["nodes"]}.get("node-c") == "offline"
@@ -190,21 +185,7 @@ def test_fleet_connects_with_the_agents_credentials_and_client_certificate(
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}/v1"
     online = '{"state":"online","session":"s1","version":"9.9","since":"2026-11-29T22:00:00Z"}'
-    subprocess.run(
-        [
-            "mosquitto_pub",
-            *mosquitto.cli_args(),
-            "-r",
-            "-q",
-            "1",
-            "-t",
-            f"{prefix}/nodes/edge-1/status",
-            "-m",
-            online,
-        ],
-        check=True,
-        timeout=10,
-    )
+    retain(mosquitto, f"{prefix}/nodes/edge-1/status", online)
     files = {
         "ca_file": str(mosquitto.ca_cert),
         "cert_file": str(mosquitto.client_cert),
@@ -239,3 +220,35 @@ def test_fleet_connects_with_the_agents_credentials_and_client_certificate(
     assert result.returncode == 69
     assert "TLS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_under_the_sample_acl_operators_see_the_fleet_and_a_node_sees_none(
+    mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    from tests.integration.test_mosquitto_acl import ACL, USERS
+
+    broker = mosquitto_factory(persistence=False, acl_file=ACL, users=USERS)
+    prefix = "nodemedic/v1"  # the sample ACL's
+    retain(broker, f"{prefix}/nodes/web-1/status", '{"state":"online","session":"s"}')
+
+    def config(user: str) -> Path:
+        return operator_config(
+            tmp_path,
+            {
+                "url": broker.url("password"),
+                "topic_prefix": prefix,
+                "username": user,
+                "password": USERS[user],
+            },
+        )
+
+    for user in ("operator", "monitor"):
+        assert [n["node"] for n in fleet_json(config(user))["nodes"]] == ["web-1"]
+    # Mosquitto grants a wildcard subscription and filters what the ACL forbids (brokers
+    # that refuse the subscription get "refused the subscription ...; check its ACL").
+    result = run_cli("fleet", "--config", str(config("web-2")))
+    assert result.returncode == 0, result.stderr
+    assert "0 nodes" in result.stdout
+    assert "that this user may read (check mqtt.topic_prefix and the broker's ACL)" in (
+        result.stdout
+    )

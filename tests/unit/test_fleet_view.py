@@ -169,7 +169,7 @@ def test_an_incomplete_or_empty_collection_says_so() -> None:
     render_fleet([], console(out), prefix=PREFIX, now=NOW, complete=False, tz=UTC)
     text = out.getvalue()
     assert "INCOMPLETE: retained messages were still arriving at the time limit" in text
-    assert "no node has a retained status or conditions message under nodemedic/v1/nodes/" in text
+    assert "no node has a retained status or conditions message under nodemedic/v1/nodes/ " in text
 
 
 def test_the_json_document_has_stable_keys_in_the_table_order() -> None:
