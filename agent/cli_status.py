@@ -34,7 +34,6 @@ from yarl import URL
 
 from agent.config import AgentSettings, LogConfig
 from agent.logs import configure_logging
-from agent.terminal import console
 
 EX_USAGE: Final = 64
 EX_DATAERR: Final = 65
@@ -93,8 +92,10 @@ def run_view(args: argparse.Namespace, settings: AgentSettings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: AgentSettings) -> int:
+    # rich and the views load only for these commands, not for every `nodemedic run`.
     from agent.node_status import StatusReadError, read_status
     from agent.status_view import render_status
+    from agent.terminal import console
 
     api = args.api or _default_api(settings)
     if api is None:
@@ -147,6 +148,7 @@ def _fleet(args: argparse.Namespace, settings: AgentSettings) -> int:
 
     from agent.fleet_view import fleet_json, fleet_nodes, render_fleet
     from agent.mqtt import read_retained
+    from agent.terminal import console
 
     if not settings.mqtt.enabled:
         print(
