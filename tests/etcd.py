@@ -1,0 +1,156 @@
+"""A real etcd for the tests, started as a child process on ephemeral loopback ports.
+
+:class:`EtcdServer` runs Debian's ``etcd`` (3.4) as a one-member cluster with its data
+directory under the test's tmp dir, waits until ``GET /health`` says true, and stops it
+by its PID. The ``etcd`` fixture yields a started server; the system etcd and port 2379
+are never used. Register it per module by importing :func:`etcd_fixture`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EtcdServer", "etcd_fixture", "etcd_get"]
+
+import base64
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.brokers import HOST, _die_with_parent, free_port
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+class EtcdError(RuntimeError):
+    """Raised when the test etcd does not start or stop."""
+
+
+def etcd_get(url: str, path: str, body: dict[str, Any], *, timeout: float = 5.0) -> Any:
+    """POST ``body`` to etcd's JSON gateway at ``url + path``; the decoded reply."""
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        url + path, data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+        return json.loads(resp.read().decode().splitlines()[0])
+
+
+def b64(text: str) -> str:
+    """Base64 of ``text``, as the gateway spells keys."""
+    return base64.b64encode(text.encode()).decode()
+
+
+class EtcdServer:
+    """One etcd member on loopback.
+
+    Args:
+        directory: holds the data directory and the log.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.data_dir = directory / "etcd-data"
+        self.log_path = directory / "etcd.log"
+        self.client_port = 0
+        self.peer_port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The client URL."""
+        return f"http://{HOST}:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's PID while it runs."""
+        return self.proc.pid if self.running else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process lives."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        """What etcd logged so far."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start etcd (the first start picks the ports) and wait until it is healthy."""
+        if self.running:
+            return
+        if not self.client_port:
+            self.client_port, self.peer_port = free_port(), free_port()
+        peer = f"http://{HOST}:{self.peer_port}"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    ETCD,
+                    "--name=t",
+                    f"--data-dir={self.data_dir}",
+                    f"--listen-client-urls={self.url}",
+                    f"--advertise-client-urls={self.url}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster=t={peer}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise EtcdError(f"etcd exited with {self.proc.returncode}; log:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:  # noqa: S310
+                    if json.loads(resp.read()).get("health") == "true":
+                        return
+            except (OSError, ValueError, urllib.error.URLError):
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise EtcdError(f"etcd was not healthy within {timeout}s; log:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM etcd by its PID and wait; SIGKILL after ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL etcd if it runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys under ``prefix`` now."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        reply = etcd_get(self.url, "/v3/kv/range", {"key": b64(prefix), "range_end": b64(end)})
+        return [base64.b64decode(kv["key"]).decode() for kv in reply.get("kvs", ())]
+
+
+@pytest.fixture(name="etcd")
+def etcd_fixture(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A started etcd of the test's own; stopped by PID afterwards."""
+    server = EtcdServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
