@@ -70,7 +70,7 @@ class EtcdServer:
     @property
     def pid(self) -> int | None:
         """The server's PID while it runs."""
-        return self.proc.pid if self.running else None
+        return self.proc.pid if self.proc is not None and self.running else None
 
     @property
     def running(self) -> bool:
