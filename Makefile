@@ -10,8 +10,8 @@ APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
 # booted Debian 12 has it, a debian:12 container image does not. systemd-container and
 # debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
-APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients etcd-server systemd \
-    systemd-container debootstrap lintian
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients etcd-server etcd-client \
+    systemd systemd-container debootstrap lintian
 # Debian's mosquitto and etcd-server packages start a system broker on port 1883 and an
 # etcd on 2379 from their postinst on a machine whose policy allows it. The tests never use
 # them (tests/brokers.py and tests/etcd.py run their own on ephemeral loopback ports), so

@@ -36,7 +36,8 @@ logged, counted and reported as an event; the run is not stopped (stopping a
 disruptive step half-way leaves the host worse).
 
 Fail safe: when etcd cannot be reached, :meth:`FleetBudget.acquire` refuses at once with
-``etcd unreachable: ...``; non-disruptive runs never ask. A full budget is waited on up
+``etcd unreachable: ...`` (and when etcd refuses, e.g. bad credentials, with etcd's
+reason); non-disruptive runs never ask. A full budget is waited on up
 to ``slot_wait`` (polling with jitter), then refused. Slots are released on success,
 failure and cancellation by the engine, and by :meth:`FleetBudget.aclose` at shutdown;
 if etcd cannot be told, the lease expires within its TTL.
@@ -104,7 +105,7 @@ class SlotOutcome:
     Attributes:
         decision: the ``fleet_budget`` gate decision for the decision record.
         slot: the slot when granted.
-        cause: ``granted``, ``budget_full`` or ``etcd_unreachable``.
+        cause: ``granted``, ``budget_full``, ``etcd_unreachable`` or ``etcd_refused``.
         waited: it waited for a slot (the caller should check its gates again).
     """
 
@@ -288,6 +289,8 @@ class FleetBudget:
             try:
                 outcome = await self._try_once(run_id, waited=waited)
             except EtcdError as err:
+                if err.code is not None:  # it answered, and said no (auth, permissions)
+                    return self._refuse("etcd_refused", str(err), waited)
                 self._set_reachable(False, str(err))
                 return self._refuse("etcd_unreachable", f"etcd unreachable: {err}", waited)
             if outcome.slot is not None:

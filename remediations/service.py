@@ -281,10 +281,11 @@ def _fleet_families(fleet: FleetBudget) -> Iterator[Metric]:
         yield family
     failures = CounterMetricFamily(
         "nodemedic_remediation_fleet_acquire_failures",
-        "Disruptive runs refused a fleet slot, by cause (budget_full, etcd_unreachable).",
+        "Disruptive runs refused a fleet slot, by cause (budget_full, etcd_unreachable, "
+        "etcd_refused).",
         labels=["group", "cause"],
     )
-    for cause in ("budget_full", "etcd_unreachable"):
+    for cause in ("budget_full", "etcd_unreachable", "etcd_refused"):
         failures.add_metric([fleet.group, cause], stats.failures[cause])
     yield failures
     lost = CounterMetricFamily(

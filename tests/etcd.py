@@ -27,6 +27,7 @@ import pytest
 from tests.brokers import HOST, _die_with_parent, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 
 
 class EtcdError(RuntimeError):
@@ -137,6 +138,20 @@ class EtcdServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    def enable_auth(self, password: str) -> None:
+        """Create user ``root`` with ``password`` and turn etcd's authentication on."""
+        for args in (
+            ["user", "add", "root", f"--new-user-password={password}"],
+            ["auth", "enable"],
+        ):
+            subprocess.run(
+                [ETCDCTL, f"--endpoints={self.url}", *args],
+                env={"ETCDCTL_API": "3"},
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
 
     def keys(self, prefix: str) -> list[str]:
         """The keys under ``prefix`` now."""

@@ -32,9 +32,10 @@ from remediations.library import PlaybookLibrary
 from remediations.model import RunState
 from remediations.service import RemediationService
 from tests import remediation_actions
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.etcd import EtcdServer, b64, etcd_fixture, etcd_get
 from tests.fleet_holder import PREFIX
+from tests.remediation_actions import read_log
 from tests.unit.remediations.engine_fixture import EngineRig, playbook
 
 __all__ = ["etcd_fixture"]
@@ -45,6 +46,7 @@ BUDGET = 3
 CLIENTS, CLIENT_CYCLES = 16, 12
 ENGINES, ENGINE_RUNS = 4, 6
 SLOTS = f"{PREFIX}/slots/default/"
+ROOT_PASSWORD = "test-root-0123456789"  # noqa: S105 - the test etcd's own throwaway password
 
 
 class Holding:
@@ -277,6 +279,7 @@ async def test_twenty_engines_sharing_a_budget_of_three_never_hold_more_than_thr
     assert watch.puts == requests == len(granted) + len(engine_runs)
     assert watch.most == BUDGET
     assert etcd.keys(SLOTS) == []
+    assert etcd.keys(f"{PREFIX}/members/") == []  # every engine left the group at shutdown
     print(  # noqa: T201
         f"{requests} disruptive requests; most slots at once: {watch.most} in etcd, "
         f"{HOLDING.most} in steps"
@@ -473,3 +476,72 @@ async def test_a_percentage_budget_follows_the_live_members(etcd: EtcdServer) ->
 @pytest.fixture(autouse=True)
 def _fresh_holding() -> None:
     HOLDING.reset()
+
+
+@pytest.mark.asyncio
+async def test_slots_are_released_on_failure_and_at_shutdown(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    log, block, fail = tmp_path / "steps.log", tmp_path / "never", tmp_path / "fail"
+    fail.touch()
+    failing = _hold_playbook(
+        "failing",
+        steps=[
+            {"action": "test.record_disruptive", "params": {"log": str(log), "fail_if": str(fail)}}
+        ],
+    )
+    stuck = _hold_playbook(
+        "stuck",
+        steps=[
+            {
+                "action": "test.record_disruptive",
+                "params": {"log": str(log), "wait_for": str(block)},
+            }
+        ],
+    )
+    # The second endpoint answers: the first, where nothing listens, is skipped.
+    config = _budget(etcd, endpoints=(f"http://127.0.0.1:{free_port()}", etcd.url))
+    rig = EngineRig(
+        tmp_path, [failing, stuck], actions=ACTIONS, fleet=FleetBudget(config, node="n1")
+    )
+    try:
+        failed = rig.engine.request("failing", source="test")
+        assert await rig.engine.drain(30.0)
+        record = rig.engine.journal.describe(failed.run_id)
+        assert record is not None
+        assert record["state"] == "failed"
+        assert etcd.keys(SLOTS) == []
+
+        held = rig.engine.request("stuck", source="test")
+        await _until(lambda: etcd.keys(SLOTS) == [f"{SLOTS}n1"], "the stuck run holds a slot")
+        await _until(lambda: bool(read_log(log)[1:]), "the stuck step started")
+        await rig.engine.aclose(grace=0.1)
+        record = rig.engine.journal.describe(held.run_id)
+        assert record is not None
+        assert record["state"] == "interrupted"
+        # Shutdown gave the slot back and left the group.
+        assert etcd.keys(f"{PREFIX}/") == [f"{PREFIX}/fence/default"]
+    finally:
+        await rig.engine.aclose(grace=0.1)
+        rig.store.close()
+
+
+@pytest.mark.asyncio
+async def test_with_etcd_auth_on_a_slot_needs_the_right_password(etcd: EtcdServer) -> None:
+    etcd.enable_auth(ROOT_PASSWORD)
+    right = FleetBudget(_budget(etcd, username="root", password=ROOT_PASSWORD), node="a")
+    wrong = FleetBudget(_budget(etcd, username="root", password=ROOT_PASSWORD[::-1]), node="b")
+    anonymous = FleetBudget(_budget(etcd), node="c")
+    try:
+        granted = await right.acquire("r1")
+        assert granted.slot is not None, granted.decision.reason
+        for budget in (wrong, anonymous):
+            refused = await budget.acquire("r2")
+            assert refused.slot is None
+            assert refused.cause == "etcd_refused"
+            assert f"etcd at {etcd.url} refused" in refused.decision.reason
+        assert "authentication failed" in (await wrong.acquire("r3")).decision.reason
+        assert wrong.stats.failures == {"etcd_refused": 2}
+    finally:
+        for budget in (right, wrong, anonymous):
+            await budget.aclose()
