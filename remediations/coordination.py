@@ -11,7 +11,8 @@ Keys, under the configured prefix ``P`` and group ``G``:
 
 The budget is ``max_disruptive``, ``max_disruptive_percent`` of the live members
 (rounded down, but at least 1 while the percentage and the members are above 0), or
-the smaller of both. A slot key per *node* means a host holds at most one slot.
+the smaller of both. A slot key per *node* means a host holds at most one slot; an agent
+restarted within the TTL takes over the slot its previous process left, never a second.
 
 Acquisition is a compare-and-swap, never check-then-set: one read transaction returns
 the slots, the member count and the fence at one revision ``R``; if fewer than the
