@@ -33,9 +33,12 @@ from remediations.library import PlaybookLibrary
 from remediations.model import RunState
 from remediations.service import RemediationService
 from tests import remediation_actions
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, AgentProcess, free_port, http_get, http_json, until
 from tests.etcd import EtcdServer, b64, etcd_fixture, etcd_get
 from tests.fleet_holder import PREFIX
+from tests.integration.test_remediation_agent import ENV as AGENT_ENV
+from tests.integration.test_remediation_agent import _playbook as agent_playbook
+from tests.integration.test_remediation_agent import _settings as agent_settings
 from tests.remediation_actions import read_log
 from tests.unit.remediations.engine_fixture import EngineRig, playbook
 
@@ -554,3 +557,34 @@ async def test_with_etcd_auth_on_a_slot_needs_the_right_password(etcd: EtcdServe
     finally:
         for budget in (right, wrong, anonymous):
             await budget.aclose()
+
+
+def test_a_real_agent_holds_its_slot_while_acting_and_gives_it_back_when_stopped(
+    etcd: EtcdServer, tmp_path: Path, agent_factory: Callable[..., AgentProcess]
+) -> None:
+    settings = agent_settings(tmp_path, agent_playbook(tmp_path, "enforce"))
+    settings["node"] = {"name": "agent-1"}
+    settings["remediation"]["fleet_budget"] = _budget(etcd, max_disruptive=1).model_dump(
+        mode="json"
+    )
+    agent = agent_factory(settings)
+    agent.start(env=AGENT_ENV)
+    agent.wait_ready()
+    log = tmp_path / "steps.log"
+    until(lambda: [x for x in read_log(log) if x["note"] == "act"], "the disruptive step", agent)
+    assert etcd.keys(f"{PREFIX}/members/") == [f"{PREFIX}/members/default/agent-1"]
+    assert etcd.keys(SLOTS) == [f"{SLOTS}agent-1"]
+    run_id = read_log(log)[0]["run"]
+    run = http_json(f"{agent.url}/v1/runs/{run_id}")
+    taken = [d for d in run["decisions"] if d["gate"] == "fleet_budget"]
+    assert [(d["allowed"], d["reason"]) for d in taken] == [
+        (True, "took slot 1 of 1 in group 'default'")
+    ]
+    _, metrics = http_get(f"{agent.url}/metrics")
+    assert 'nodemedic_remediation_fleet_slots_held{group="default"} 1.0' in metrics
+    assert 'nodemedic_remediation_fleet_budget{group="default"} 1.0' in metrics
+
+    code, _ = agent.stop(timeout=30)
+    assert code == 0, agent.log()[-3000:]
+    # Stopped mid-step, the run is interrupted, its slot released and the agent left the group.
+    assert etcd.keys(f"{PREFIX}/") == [f"{PREFIX}/fence/default"]
