@@ -146,20 +146,44 @@ class EtcdClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._credentials = (username, password or "") if username is not None else None
         self._token: str | None = None
+        self._tls_files = (ca_file, cert_file, key_file)
         self._ssl: ssl.SSLContext | None = None
-        if any(url.startswith("https:") for url in self._endpoints):
-            self._ssl = ssl.create_default_context(
-                cafile=str(ca_file) if ca_file is not None else None
-            )
-            if cert_file is not None:
-                self._ssl.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def aclose(self) -> None:
-        """Close the HTTP session."""
+        """Close the HTTP session; later calls fail with :class:`EtcdError`."""
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _tls(self) -> ssl.SSLContext:
+        """The TLS context for https endpoints, made on first use from the configured files.
+
+        A missing or unreadable file fails each call (the agent keeps running) rather
+        than the start.
+        """
+        if self._ssl is None:
+            ca_file, cert_file, key_file = self._tls_files
+            try:
+                context = ssl.create_default_context(
+                    cafile=str(ca_file) if ca_file is not None else None
+                )
+                if cert_file is not None:
+                    context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+            except (OSError, ssl.SSLError) as err:
+                names = ("ca_file", "cert_file", "key_file")
+                files = ", ".join(
+                    f"{name} {path}"
+                    for name, path in zip(names, self._tls_files, strict=True)
+                    if path is not None
+                )
+                raise EtcdError(
+                    f"cannot load the TLS files for etcd ({files or 'system CAs'}): {err}"
+                ) from err
+            self._ssl = context
+        return self._ssl
 
     # -- calls -------------------------------------------------------------------------
 
@@ -248,12 +272,15 @@ class EtcdClient:
         self._token = token
 
     async def _post(self, endpoint: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        if self._closed:
+            raise EtcdError("the etcd client is closed (the agent is stopping)")
+        tls = self._tls() if endpoint.startswith("https:") else True
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = {"Authorization": self._token} if self._token else {}
         try:
             async with self._session.post(
-                endpoint + path, json=body, headers=headers, ssl=self._ssl or True
+                endpoint + path, json=body, headers=headers, ssl=tls
             ) as resp:
                 text = await resp.text()
                 status = resp.status

@@ -1,14 +1,18 @@
-"""The fleet budget's arithmetic and its configuration: bad values get errors naming the fix."""
+"""The fleet budget's arithmetic and its configuration: bad values get errors naming the fix.
+
+No etcd is needed here: every case fails before a request leaves the process.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from agent.config import FleetBudgetConfig
-from remediations.coordination import budget_for
+from remediations.coordination import FleetBudget, budget_for
 
 ENDPOINT = "http://127.0.0.1:2379"
 
@@ -78,3 +82,18 @@ def test_a_bad_budget_is_refused_naming_the_problem(values: dict[str, Any], mess
     with pytest.raises(ValidationError) as err:
         _config(**values)
     assert message in str(err.value)
+
+
+@pytest.mark.asyncio
+async def test_a_missing_tls_file_refuses_disruptive_runs_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "etcd-ca.pem"
+    config = _config(endpoints=["https://127.0.0.1:2379"], ca_file=str(missing), slot_wait="0s")
+    budget = FleetBudget(config, node="n1")
+    try:
+        outcome = await budget.acquire("r1")
+    finally:
+        await budget.aclose()
+    assert outcome.slot is None
+    assert outcome.cause == "etcd_unreachable"
+    assert outcome.decision.reason.startswith("etcd unreachable: cannot load the TLS files")
+    assert str(missing) in outcome.decision.reason
