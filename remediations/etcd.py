@@ -34,6 +34,8 @@ from agent.errors import AgentError
 
 _UNAUTHENTICATED = 16
 """gRPC status of an expired or invalid auth token: authenticate again, once."""
+_UNAVAILABLE = 14
+"""gRPC status of a member that cannot serve (no leader, its gateway's dial failed)."""
 
 
 class EtcdError(AgentError):
@@ -300,6 +302,8 @@ class EtcdClient:
         if status != 200 or error:
             message = error.get("message") if isinstance(error, dict) else reply.get("message")
             code = error.get("code") if isinstance(error, dict) else reply.get("code")
+            if code == _UNAVAILABLE:
+                raise _UnreachableError(f"unavailable: {message or error}")
             raise EtcdError(
                 f"etcd at {endpoint} refused {path}: {message or error or status}",
                 code=code if isinstance(code, int) else None,

@@ -34,7 +34,7 @@ from remediations.model import RunState
 from remediations.service import RemediationService
 from tests import remediation_actions
 from tests.conftest import REPO, AgentProcess, free_port, http_get, http_json, until
-from tests.etcd import EtcdServer, b64, etcd_fixture, etcd_get
+from tests.etcd import EtcdPKI, EtcdServer, b64, etcd_fixture, etcd_get
 from tests.fleet_holder import PREFIX
 from tests.integration.test_remediation_agent import ENV as AGENT_ENV
 from tests.integration.test_remediation_agent import _playbook as agent_playbook
@@ -588,3 +588,30 @@ def test_a_real_agent_holds_its_slot_while_acting_and_gives_it_back_when_stopped
     assert code == 0, agent.log()[-3000:]
     # Stopped mid-step, the run is interrupted, its slot released and the agent left the group.
     assert etcd.keys(f"{PREFIX}/") == [f"{PREFIX}/fence/default"]
+
+
+@pytest.mark.asyncio
+async def test_over_https_a_slot_needs_the_ca_and_a_client_certificate(tmp_path: Path) -> None:
+    pki = EtcdPKI.create(tmp_path / "pki")
+    etcd = EtcdServer(tmp_path, pki)
+    etcd.start()
+    certified = FleetBudget(
+        _budget(etcd, ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key),
+        node="a",
+    )
+    anonymous = FleetBudget(_budget(etcd, ca_file=pki.ca_cert), node="b")
+    untrusting = FleetBudget(_budget(etcd), node="c")  # the system's CAs do not know this one
+    try:
+        granted = await certified.acquire("r1")
+        assert granted.slot is not None, granted.decision.reason
+        assert etcd.url.startswith("https://")
+        assert etcd.keys(SLOTS) == [f"{SLOTS}a"]
+        for budget, why in ((anonymous, "BAD_CERTIFICATE"), (untrusting, "CERTIFICATE_VERIFY")):
+            refused = await budget.acquire("r2")
+            assert refused.slot is None
+            assert refused.decision.reason.startswith("etcd unreachable: no etcd endpoint answered")
+            assert why in refused.decision.reason
+    finally:
+        for budget in (certified, anonymous, untrusting):
+            await budget.aclose()
+        etcd.stop()
