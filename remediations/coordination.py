@@ -60,7 +60,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import FleetBudgetConfig
-from remediations.etcd import EtcdClient, EtcdError, TxnResult, b64, prefix_end
+from remediations.etcd import (
+    EtcdClient,
+    EtcdError,
+    TxnResult,
+    b64,
+    mod_equals,
+    put_op,
+    range_op,
+)
 from remediations.gates import Decision
 
 log = logging.getLogger(__name__)
@@ -247,7 +255,7 @@ class FleetBudget:
                 log.warning("fleet budget: membership lease expired; joining again")
             lease = await self._etcd.grant(self._ttl)
             key = b64(self._members + self._node)
-            await self._etcd.txn((), [_put(key, self._node, lease)])
+            await self._etcd.txn((), [put_op(key, self._node, lease)])
             self._member_lease = lease
 
     def _set_reachable(self, reachable: bool, error: str) -> None:
@@ -362,9 +370,9 @@ class FleetBudget:
         reply = await self._etcd.txn(
             (),
             [
-                _range(self._slots, prefix=True),
-                _range(self._members, prefix=True, count_only=True),
-                _range(self._fence),
+                range_op(self._slots, prefix=True),
+                range_op(self._members, prefix=True, count_only=True),
+                range_op(self._fence),
             ],
         )
         holders: dict[str, str] = {}
@@ -392,10 +400,10 @@ class FleetBudget:
         value = json.dumps({"node": self._node, "run": run_id})
         reply: TxnResult = await self._etcd.txn(
             [
-                _mod_equals(b64(self._fence), table.fence_revision),
-                _mod_equals(slot_key, table.own_revision),
+                mod_equals(b64(self._fence), table.fence_revision),
+                mod_equals(slot_key, table.own_revision),
             ],
-            [_put(slot_key, value, lease), _put(b64(self._fence), self._node, 0)],
+            [put_op(slot_key, value, lease), put_op(b64(self._fence), self._node, 0)],
         )
         return reply.succeeded
 
@@ -413,26 +421,6 @@ class FleetBudget:
                 err,
                 self._ttl,
             )
-
-
-def _range(key: str, *, prefix: bool = False, count_only: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {"key": b64(key)}
-    if prefix:
-        body["range_end"] = b64(prefix_end(key))
-    if count_only:
-        body["count_only"] = True
-    return {"request_range": body}
-
-
-def _put(encoded_key: str, value: str, lease: int) -> dict[str, Any]:
-    body: dict[str, Any] = {"key": encoded_key, "value": b64(value)}
-    if lease:
-        body["lease"] = str(lease)
-    return {"request_put": body}
-
-
-def _mod_equals(key: str, revision: int) -> dict[str, Any]:
-    return {"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
 
 
 def _run_of(value: str) -> str:

@@ -18,7 +18,17 @@ what failed; the caller decides what that means (the fleet budget fails safe).
 
 from __future__ import annotations
 
-__all__ = ["EtcdClient", "EtcdError", "KeyValue", "TxnResult", "b64", "prefix_end"]
+__all__ = [
+    "EtcdClient",
+    "EtcdError",
+    "KeyValue",
+    "TxnResult",
+    "b64",
+    "mod_equals",
+    "prefix_end",
+    "put_op",
+    "range_op",
+]
 
 import base64
 import json
@@ -309,6 +319,29 @@ class EtcdClient:
                 code=code if isinstance(code, int) else None,
             )
         return reply
+
+
+def range_op(key: str, *, prefix: bool = False, count_only: bool = False) -> dict[str, Any]:
+    """A transaction's range request for ``key`` (every key under it with ``prefix``)."""
+    body: dict[str, Any] = {"key": b64(key)}
+    if prefix:
+        body["range_end"] = b64(prefix_end(key))
+    if count_only:
+        body["count_only"] = True
+    return {"request_range": body}
+
+
+def put_op(encoded_key: str, value: str, lease: int) -> dict[str, Any]:
+    """A transaction's put of ``value`` at a base64 key, on ``lease`` (0: none)."""
+    body: dict[str, Any] = {"key": encoded_key, "value": b64(value)}
+    if lease:
+        body["lease"] = str(lease)
+    return {"request_put": body}
+
+
+def mod_equals(key: str, revision: int) -> dict[str, Any]:
+    """A compare: the base64 key's ``mod_revision`` is ``revision`` (0: it does not exist)."""
+    return {"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
 
 
 class _UnreachableError(Exception):
