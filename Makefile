@@ -10,14 +10,14 @@ APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
 # booted Debian 12 has it, a debian:12 container image does not. systemd-container and
 # debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
-APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients etcd-server etcd-client \
-    systemd systemd-container debootstrap lintian
-# Debian's mosquitto and etcd-server packages start a system broker on port 1883 and an
-# etcd on 2379 from their postinst on a machine whose policy allows it. The tests never use
-# them (tests/brokers.py and tests/etcd.py run their own on ephemeral loopback ports), so
-# while installing them we deny service starts with a temporary /usr/sbin/policy-rc.d
-# ("exit 101", see invoke-rc.d(8)) unless one already exists, and stop the system daemons
-# if they got started anyway: CI leaves no stray daemon.
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients haproxy etcd-server \
+    etcd-client systemd systemd-container debootstrap lintian
+# Debian's mosquitto package (like etcd-server, haproxy and prometheus-node-exporter) starts
+# a system daemon from its postinst on a machine whose policy allows it. The tests never use
+# them (fixtures run their own on ephemeral loopback ports), so while installing anything
+# missing we deny service starts with a temporary /usr/sbin/policy-rc.d ("exit 101", see
+# invoke-rc.d(8)) unless one already exists, and stop the system broker if it got started
+# anyway: CI leaves no stray daemon.
 POLICY_RC := /usr/sbin/policy-rc.d
 export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 
@@ -53,9 +53,12 @@ typecheck: venv
 
 apt-test:
 	@set -euo pipefail; \
-	if { dpkg-query -W -f='$${Status}' mosquitto 2>/dev/null | grep -q "install ok installed" \
-	    && dpkg-query -W -f='$${Status}' etcd-server 2>/dev/null | grep -q "install ok installed"; } \
-	    || [ "$$(id -u)" -ne 0 ]; then \
+	missing=; \
+	for pkg in $(APT_TEST); do \
+	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" \
+	        || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ] || [ "$$(id -u)" -ne 0 ]; then \
 	    scripts/ensure-apt $(APT_TEST); exit 0; \
 	fi; \
 	made_policy=; \
@@ -70,11 +73,6 @@ apt-test:
 	if [ -s $$pidfile ] && kill -0 "$$(cat $$pidfile)" 2>/dev/null; then \
 	    echo "make: stopping the system mosquitto that the package started" >&2; \
 	    /etc/init.d/mosquitto stop >/dev/null 2>&1 || kill "$$(cat $$pidfile)"; \
-	fi; \
-	pidfile=/run/etcd.pid; \
-	if [ -s $$pidfile ] && kill -0 "$$(cat $$pidfile)" 2>/dev/null; then \
-	    echo "make: stopping the system etcd that the package started" >&2; \
-	    /etc/init.d/etcd stop >/dev/null 2>&1 || kill "$$(cat $$pidfile)"; \
 	fi
 
 pytest: venv apt-test

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.config_drain import DrainConfig
 from agent.config_types import WEEKDAYS as _WEEKDAYS
 from agent.config_types import Duration, Weekday
 from agent.config_types import FrozenModel as _Frozen
@@ -184,6 +185,8 @@ class RemediationConfig(_Frozen):
     """With more conditions firing than this, disruptive playbooks hold."""
     max_runs_kept: int = Field(default=10_000, ge=100)
     """Runs the journal keeps; older finished ones are trimmed."""
+    drain: DrainConfig = Field(default_factory=DrainConfig)
+    """How drain.node takes this node out of its load balancers (and undrain.node back)."""
     fleet_budget: FleetBudgetConfig = Field(default_factory=FleetBudgetConfig)
     """How many hosts of the fleet may be in a disruptive run at once (etcd)."""
 
