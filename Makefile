@@ -10,8 +10,8 @@ APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
 # booted Debian 12 has it, a debian:12 container image does not. systemd-container and
 # debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
-APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients haproxy systemd \
-    systemd-container debootstrap lintian
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients haproxy etcd-server \
+    etcd-client systemd systemd-container debootstrap lintian
 # Debian's mosquitto package (like etcd-server, haproxy and prometheus-node-exporter) starts
 # a system daemon from its postinst on a machine whose policy allows it. The tests never use
 # them (fixtures run their own on ephemeral loopback ports), so while installing anything

@@ -22,6 +22,7 @@ __all__ = [
     "EndpointCheckConfig",
     "EndpointsProbeConfig",
     "FilesystemProbeConfig",
+    "FleetBudgetConfig",
     "HistoryConfig",
     "KmsgProbeConfig",
     "LogConfig",
@@ -89,7 +90,7 @@ from agent.config_probes import (
     ProcessGroupConfig,
     UnitsProbeConfig,
 )
-from agent.config_remediation import RemediationConfig, RemediationWindow
+from agent.config_remediation import FleetBudgetConfig, RemediationConfig, RemediationWindow
 from agent.config_remote import RemoteConfig
 from agent.config_types import (
     Duration,

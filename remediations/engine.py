@@ -27,6 +27,8 @@ from agent.errors import AgentError
 from agent.model import Condition, ConditionState, Event
 from remediations.actions.base import Action, ActionServices
 from remediations.breaker import BreakerState, BreakerStatus, RunRecord, breaker_status
+from remediations.coordination import GATE as FLEET_GATE
+from remediations.coordination import FleetBudget, Slot
 from remediations.execution import Emit, RunContext, StepRunner
 from remediations.gates import DEFAULT_PROTECTED, Decision, GateInput, evaluate
 from remediations.journal import Journal
@@ -62,6 +64,7 @@ class RemediationEngine:
         emit: records an event (type, subject, data).
         services: what actions act through.
         clock: epoch seconds (injected in tests).
+        fleet: the fleet budget disruptive runs take a slot of, or None.
     """
 
     def __init__(
@@ -75,8 +78,10 @@ class RemediationEngine:
         emit: Emit,
         services: ActionServices,
         clock: Callable[[], float] = time.time,
+        fleet: FleetBudget | None = None,
     ) -> None:
         self.library = library
+        self.fleet = fleet
         self.journal = journal
         self._config = config
         self._conditions = conditions
@@ -335,6 +340,7 @@ class RemediationEngine:
             )
         names = ", ".join(f"{s['action']} {s['params']}" for s in steps)
         reason = f"observe mode: would run {names}"
+        self._fleet_unused(run, playbook)
         self.journal.transition(
             run.run_id, RunState.SKIPPED, self._clock(), gate="mode", reason=reason, would_run=True
         )
@@ -352,8 +358,12 @@ class RemediationEngine:
         first_step: int = 0,
         regate: bool = True,
     ) -> None:
+        slot: Slot | None = None
         try:
             if regate and not self._gate(run, playbook, "execute"):
+                return
+            go_on, slot = await self._take_slot(run, playbook, first_step)
+            if not go_on:
                 return
             dry_run = playbook.mode is Mode.DRY_RUN
             ctx = RunContext(run.run_id, playbook.name, run.target, labels, dry_run)
@@ -383,6 +393,48 @@ class RemediationEngine:
             )
             self._event("interrupted", run, {"reason": "the agent stopped during the run"})
             raise
+        finally:
+            if slot is not None and self.fleet is not None:
+                await self.fleet.release(slot)
+
+    async def _take_slot(
+        self, run: RunRecord, playbook: Playbook, first_step: int
+    ) -> tuple[bool, Slot | None]:
+        """Whether the run goes on, and the fleet slot a disruptive enforce run took."""
+        fleet = self.fleet
+        if fleet is None or not run.disruptive or playbook.mode is not Mode.ENFORCE:
+            self._fleet_unused(run, playbook)
+            return True, None
+
+        def waiting(reason: str) -> None:
+            self._event("waiting_for_slot", run, {"reason": reason})
+
+        outcome = await fleet.acquire(run.run_id, on_wait=waiting)
+        self.journal.decide(run.run_id, "execute", [outcome.decision], self._clock())
+        if outcome.slot is not None and not (outcome.waited and first_step == 0):
+            return True, outcome.slot
+        if outcome.slot is not None:
+            # After a wait the host may have changed: every gate is asked again.
+            if self._gate(run, playbook, "execute"):
+                return True, outcome.slot
+            await fleet.release(outcome.slot)
+            return False, None
+        if first_step:
+            self.interrupt(run, f"no fleet slot to resume the run: {outcome.decision.reason}")
+        else:
+            self._skip(run, playbook, outcome.decision, "execute")
+        return False, None
+
+    def _fleet_unused(self, run: RunRecord, playbook: Playbook) -> None:
+        """Record why a disruptive run takes no fleet slot (observe or dry_run mode)."""
+        if self.fleet is None or not run.disruptive or playbook.mode is Mode.ENFORCE:
+            return
+        reason = (
+            f"{playbook.mode.value} mode: no fleet slot taken; an enforce run would take one "
+            f"({self.fleet.describe()})"
+        )
+        decision = Decision(FLEET_GATE, True, reason)
+        self.journal.decide(run.run_id, "execute", [decision], self._clock())
 
     async def _verify(self, run: RunRecord, playbook: Playbook, ctx: RunContext) -> None:
         within = playbook.verify.condition_resolved_within
@@ -564,10 +616,15 @@ class RemediationEngine:
         return not self._tasks
 
     async def aclose(self, grace: float) -> None:
-        """Let in-flight runs finish within ``grace`` seconds, then interrupt the rest."""
-        if await self.drain(grace):
-            return
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks, timeout=1.0)
+        """Stop: in-flight runs get ``grace`` seconds, the rest are interrupted.
+
+        Then the engine leaves the fleet budget: slots still held and the membership
+        are revoked in etcd.
+        """
+        if not await self.drain(grace):
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0)
+        if self.fleet is not None:
+            await self.fleet.aclose()

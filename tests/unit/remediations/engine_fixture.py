@@ -16,6 +16,7 @@ from agent.model import Condition, ConditionState, Event, Severity, labelset
 from agent.store import Store
 from remediations.actions.base import Action
 from remediations.actions.processes import ProcessMatch
+from remediations.coordination import FleetBudget
 from remediations.engine import RemediationEngine
 from remediations.journal import Journal
 from remediations.library import PlaybookLibrary
@@ -68,8 +69,10 @@ class EngineRig:
         playbooks: list[Playbook],
         *,
         actions: Mapping[str, type[Action]] = remediation_actions.ACTIONS,
+        fleet: FleetBudget | None = None,
         **config: Any,
     ) -> None:
+        self.fleet = fleet
         self.directory = directory
         self.actions = dict(actions)
         self.now = T0
@@ -92,6 +95,7 @@ class EngineRig:
             emit=lambda t, s, d: self.events.append((t, d)),
             services=self.services,
             clock=lambda: self.now,
+            fleet=self.fleet,
         )
 
     def fire(self, target: str, rule: str = "filesystem-full") -> None:
