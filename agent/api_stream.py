@@ -224,7 +224,8 @@ class StreamHub:
         )
         self._clients.add(client)
         log.debug("stream client connected (%d now)", len(self._clients))
-        response = EventSourceResponse(ping_interval=self._heartbeat, headers=_NO_STORE)
+        response = EventSourceResponse(ping_interval=self._heartbeat, headers=_NO_SNIFF)
+        response.headers["Cache-Control"] = "no-store"  # aiohttp-sse sets no-cache
         try:
             await response.prepare(request)
             async with response:
@@ -256,7 +257,7 @@ class StreamHub:
         return StreamMessage(name, _dumps(self._snapshot()))
 
 
-_NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+_NO_SNIFF = {"X-Content-Type-Options": "nosniff"}
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:
