@@ -9,9 +9,10 @@ CONFIG ?= config/nodemedic.yaml
 APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
 # booted Debian 12 has it, a debian:12 container image does not. systemd-container and
-# debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
+# debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs. chromium: the
+# status page tests drive it headless with Playwright (never `playwright install`).
 APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd \
-    systemd-container debootstrap lintian
+    systemd-container debootstrap lintian chromium chromium-driver
 # Debian's mosquitto package starts a system broker on port 1883 from its postinst on a
 # machine whose policy allows it. The tests never use it (tests/brokers.py runs its own
 # brokers on ephemeral loopback ports), so while installing it we deny service starts with
