@@ -202,7 +202,7 @@ def _charts(data: PageData) -> str:
 
 
 def _chart(spec: SeriesSpec, points: list[Point], now: float) -> str:
-    latest = f"{format_value(points[-1][1])}{spec.unit}" if points else "no readings yet"
+    latest = f"{format_value(points[-1][1])}{spec.unit}" if points else "no readings in the last hour"
     title = escape(spec.title)
     return (
         f'<figure class="chart" id="chart-{spec.key}">'

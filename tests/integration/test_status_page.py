@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,9 @@ def agent(tmp_path: Path) -> Iterator[StatusAgent]:
     started.kill()
 
 
-async def _messages(response: aiohttp.ClientResponse) -> Any:
+async def _messages(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]:
     """Yield (event name, decoded data) from an SSE response."""
-    name, data = "message", []
+    name, data = "message", list[str]()
     while True:
         raw = await response.content.readline()
         if not raw:

@@ -242,7 +242,7 @@ def test_the_charts_draw_the_last_hour_scaled_to_percent() -> None:
     assert 'id="line-cpu" fill="none" points="0.0,80.0 300.0,40.0"' in html
     assert 'id="line-load" fill="none" points="300.0,7.3"' in html
     assert '<span id="latest-cpu">50%</span>' in html
-    assert '<span id="latest-memory">no readings yet</span>' in html
+    assert '<span id="latest-memory">no readings in the last hour</span>' in html
     assert "1 h 0 min (since" in html
 
 
