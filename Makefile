@@ -26,7 +26,7 @@ export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
 	@echo "make test   - install test dependencies and run lint, types and the whole test suite"
-	@echo "make bench  - run the benchmarks under bench/ (agent overhead, MQTT, process scan)"
+	@echo "make bench  - run the benchmarks under bench/ (agent overhead, MQTT, process scan, status page)"
 	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
 	@echo "make bench-units - systemd in nspawn: boot, D-Bus round trips, signal-to-rules latency"
 	@echo "make docs   - regenerate docs/configuration.md from the config models"
@@ -84,6 +84,7 @@ bench: venv bench-mqtt
 	$(BIN)/python -m bench.agent_overhead
 	$(BIN)/python -m bench.process_scan
 	$(BIN)/python -m bench.kmsg_flood
+	$(BIN)/python -m bench.status_page
 
 # MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
 bench-mqtt: venv apt-test

@@ -47,6 +47,7 @@ CHART_HEIGHT: Final = 80
 CHART_SPAN: Final = 3600.0
 """Seconds a chart spans, ending now."""
 _DATA_LIMIT = 200  # characters of an event's data shown in the list
+_NO_READINGS = "no readings in the last hour"
 _ALLOWED = "\u2714 pass"
 _STOPPED = "\u2716 stop"
 
@@ -202,7 +203,7 @@ def _charts(data: PageData) -> str:
 
 
 def _chart(spec: SeriesSpec, points: list[Point], now: float) -> str:
-    latest = f"{format_value(points[-1][1])}{spec.unit}" if points else "no readings in the last hour"
+    latest = f"{format_value(points[-1][1])}{spec.unit}" if points else _NO_READINGS
     title = escape(spec.title)
     return (
         f'<figure class="chart" id="chart-{spec.key}">'
