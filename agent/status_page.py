@@ -203,7 +203,8 @@ def _charts(data: PageData) -> str:
 
 
 def _chart(spec: SeriesSpec, points: list[Point], now: float) -> str:
-    latest = f"{format_value(points[-1][1])}{spec.unit}" if points else _NO_READINGS
+    recent = points and points[-1][0] >= now - CHART_SPAN
+    latest = f"{format_value(points[-1][1])}{spec.unit}" if recent else _NO_READINGS
     title = escape(spec.title)
     return (
         f'<figure class="chart" id="chart-{spec.key}">'
