@@ -231,7 +231,7 @@ class StreamHub:
             async with response:
                 for opening in self._opening(response.last_event_id):
                     await response.send(opening.data, id=opening.id, event=opening.event)
-                while response.is_connected():
+                while response.is_connected() and not _gone(request):
                     message = await client.next(timeout=self._heartbeat)
                     if message is not None:
                         await response.send(message.data, id=message.id, event=message.event)
@@ -255,6 +255,12 @@ class StreamHub:
 
     def _snapshot_message(self, name: str) -> StreamMessage:
         return StreamMessage(name, _dumps(self._snapshot()))
+
+
+def _gone(request: web.Request) -> bool:
+    """True once the client's connection is closed (noticed at the latest by a heartbeat)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 _NO_SNIFF = {"X-Content-Type-Options": "nosniff"}

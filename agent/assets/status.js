@@ -120,7 +120,7 @@
     });
   }
 
-  function connect() {
+  function connect(again) {
     if (!boot.stream || !window.EventSource) { setText("id-stream", "off (reload to update)"); return; }
     var source = new EventSource("/v1/stream");
     function on(name, handler) {
@@ -128,8 +128,15 @@
         try { handler(JSON.parse(msg.data)); } catch (err) { announce("Bad update: " + err); }
       });
     }
-    source.onopen = function () { setText("id-stream", "\u2714 connected"); };
-    source.onerror = function () { setText("id-stream", "\u2716 disconnected, retrying\u2026"); };
+    source.onopen = function () {
+      setText("id-stream", "\u2714 connected");
+      if (again) { reloadEvents(); }  // a new EventSource does not resume from the last id
+    };
+    source.onerror = function () {
+      setText("id-stream", "\u2716 disconnected, retrying\u2026");
+      // The browser retries by itself unless the server refused (say, 503: too many streams).
+      if (source.readyState === EventSource.CLOSED) { setTimeout(function () { connect(true); }, 5000); }
+    };
     on("snapshot", applySnapshot);
     on("event", addEvent);
     on("sample", addSample);
@@ -181,5 +188,5 @@
   }
 
   pauseControls();
-  connect();
+  connect(false);
 })();

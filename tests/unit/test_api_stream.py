@@ -19,7 +19,7 @@ from aiohttp import web
 
 from agent.api import ApiServer
 from agent.api_status import add_status_routes
-from agent.api_stream import StreamClient, StreamHub, StreamMessage
+from agent.api_stream import MAX_CLIENTS, StreamClient, StreamHub, StreamMessage
 from agent.bus import EventBus
 from agent.model import Condition, ConditionState, Sample, Severity
 
@@ -262,6 +262,33 @@ async def test_the_stream_refuses_parameters_with_a_json_error() -> None:
             "error": "unknown query parameter",
             "detail": "/v1/stream takes no parameters",
         }
+    finally:
+        await server.stop()
+        bus.close()
+
+
+@pytest.mark.asyncio
+async def test_streams_beyond_the_limit_get_a_json_503() -> None:
+    bus = EventBus()
+    server = ApiServer(FakeAgentView(), bus=bus)
+    await server.start("127.0.0.1", 0)
+    opened: list[aiohttp.ClientResponse] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(MAX_CLIENTS):
+                response = await session.get(server.url + "/v1/stream")
+                opened.append(response)
+                assert response.status == 200
+                await Stream(response).next()
+
+            async with session.get(server.url + "/v1/stream") as refused:
+                assert refused.status == 503
+                assert await refused.json() == {
+                    "error": "too many streams",
+                    "detail": f"at most {MAX_CLIENTS} streams are served at once; retry later",
+                }
+            for response in opened:
+                response.close()
     finally:
         await server.stop()
         bus.close()

@@ -221,6 +221,24 @@ async def test_the_page_is_never_cached_and_runs_only_its_own_inline_script(fetc
 
 
 @pytest.mark.asyncio
+async def test_a_query_is_refused_with_a_json_error_naming_it() -> None:
+    server = ApiServer(FakeAgentView())
+    await server.start("127.0.0.1", 0)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.url + "/?refresh=1") as response,
+        ):
+            assert response.status == 400
+            assert await response.json() == {
+                "error": "unknown query parameter",
+                "detail": "/ takes no query parameters",
+            }
+    finally:
+        await server.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_broken_view_costs_a_json_500_not_a_crash(fetch: Any) -> None:
     page = await fetch(FakeAgentView(broken={"conditions"}))
 
