@@ -44,7 +44,11 @@ class StatusAgent(AgentProcess):
             | {
                 "custom": {
                     "interval": "200ms",
-                    "checks": [{"name": "switch", "command": ["/bin/sh", str(script)]}],
+                    # A run cut short by a busy machine would be UNKNOWN and clear the
+                    # condition: the plugin gets far longer than it needs.
+                    "checks": [
+                        {"name": "switch", "command": ["/bin/sh", str(script)], "timeout": "10s"}
+                    ],
                 }
             },
             "rules": [
