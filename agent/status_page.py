@@ -236,8 +236,8 @@ def _runs(runs: Sequence[Mapping[str, Any]]) -> str:
     else:
         body = "".join(_run(run) for run in runs)
     return (
-        '<section aria-labelledby="h-runs"><h2 id="h-runs">Remediation runs</h2>'
-        f'<p id="runs-note" class="note" hidden></p>{body}</section>'
+        '<section id="runs" aria-labelledby="h-runs"><h2 id="h-runs">Remediation runs</h2>'
+        f"{body}</section>"
     )
 
 
@@ -259,7 +259,7 @@ def _run(run: Mapping[str, Any]) -> str:
         for d in run.get("decisions", ())
     )
     return (
-        f'<details class="run"><summary>{head}</summary>'
+        f'<details class="run" data-run="{escape(str(run["id"]))}"><summary>{head}</summary>'
         f"<p>Run <code>{escape(str(run['id']))}</code>, source {escape(str(run['source']))}</p>"
         "<table><caption>Decision record: which gate said what</caption><thead><tr>"
         '<th scope="col">Time (UTC)</th><th scope="col">Phase</th><th scope="col">Gate</th>'

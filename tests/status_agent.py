@@ -1,22 +1,25 @@
 """A real agent for the status page tests, with a condition the test switches on and off.
 
-The agent runs only the custom-check probe, every 200 ms, on a plugin script that exits
-with the Nagios status written in a file the test controls (0 OK, 2 CRITICAL); the rule
-``switch-critical`` fires while it is 2. Remediation is on (no playbooks) so the page
-has its pause switch, with two API tokens: ``OPS`` may pause, ``VIEWER`` may not.
+The agent runs the memory probe (for a chart) and the custom-check probe, every 200 ms,
+on a plugin script that exits with the Nagios status written in a file the test controls
+(0 OK, 2 CRITICAL); the rule ``switch-critical`` fires while it is 2. Remediation is on
+with one playbook, ``switch-observe``, which the condition triggers in observe mode (a run
+with a decision record, nothing done), and two API tokens: ``OPS`` may pause, ``VIEWER``
+may not.
 """
 
 from __future__ import annotations
 
 __all__ = ["NODE", "OPS", "VIEWER", "StatusAgent", "status_agent"]
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
 
 from agent.config_remote import hash_token
 from agent.probes.catalog import PROBE_NAMES
-from tests.conftest import AgentProcess
+from tests.conftest import REPO, AgentProcess
 
 NODE = "web-7"
 OPS = secrets.token_hex(32)
@@ -37,11 +40,30 @@ class StatusAgent(AgentProcess):
         )
         books = workdir / "playbooks"
         books.mkdir(exist_ok=True)
+        (books / "switch-observe.yaml").write_text(
+            json.dumps(
+                {
+                    "name": "switch-observe",
+                    "mode": "observe",
+                    "trigger": {"conditions": ["switch-critical"]},
+                    "target": "{labels.check}",
+                    "disruptive": False,
+                    "steps": [
+                        {
+                            "action": "test.record",
+                            "params": {"log": str(workdir / "never.log"), "note": "observed"},
+                        }
+                    ],
+                }
+            ),
+            encoding="utf-8",
+        )
         settings: dict[str, Any] = {
             "node": {"name": NODE},
             "log": {"level": "info"},
             "probes": {name: {"enabled": False} for name in PROBE_NAMES if name != "custom"}
             | {
+                "memory": {"interval": "1s"},  # for the page's memory chart
                 "custom": {
                     "interval": "200ms",
                     # A run cut short by a busy machine would be UNKNOWN and clear the
@@ -49,7 +71,7 @@ class StatusAgent(AgentProcess):
                     "checks": [
                         {"name": "switch", "command": ["/bin/sh", str(script)], "timeout": "10s"}
                     ],
-                }
+                },
             },
             "rules": [
                 {
@@ -64,6 +86,7 @@ class StatusAgent(AgentProcess):
             "remediation": {
                 "playbooks_dir": str(books),
                 "builtin_playbooks": False,
+                "action_modules": ["tests.remediation_actions"],
                 "pause_file": str(workdir / "pause"),
             },
             "remote": {
@@ -83,7 +106,7 @@ class StatusAgent(AgentProcess):
 def status_agent(tmp_path: Path) -> StatusAgent:
     """A started, ready :class:`StatusAgent` in ``tmp_path / "agent"``; kill it when done."""
     agent = StatusAgent(tmp_path / "agent")
-    agent.start()
+    agent.start(env={"PYTHONPATH": str(REPO)})  # for tests.remediation_actions
     try:
         agent.wait_ready(timeout=60.0)
     except BaseException:

@@ -80,11 +80,32 @@
     while (body.rows.length > MAX_EVENTS) { body.deleteRow(body.rows.length - 1); }
     if (e.type.indexOf("io.nodemedic.condition.") === 0) {
       announce("Condition " + (e.subject || "") + ": " + e.type.split(".").pop());
-    } else if (/^io\.nodemedic\.remediation\.(run|step|would)/.test(e.type)) {
-      var note = document.getElementById("runs-note");
-      note.textContent = "New remediation activity: reload the page for its decision record.";
-      note.hidden = false;
+    } else if (e.type.indexOf("io.nodemedic.remediation.") === 0) {
+      reloadRunsSoon();
     }
+  }
+  // Runs are re-read from the server-rendered page (parsed inert, never run), so the
+  // decision records look exactly as on a fresh load; open records stay open.
+  var runsTimer = null;
+  function reloadRunsSoon() {
+    if (runsTimer === null) { runsTimer = setTimeout(reloadRuns, 500); }
+  }
+  function reloadRuns() {
+    runsTimer = null;
+    fetch("/", { cache: "no-store" })
+      .then(function (r) { return r.text(); })
+      .then(function (text) {
+        var fresh = new DOMParser().parseFromString(text, "text/html").getElementById("runs");
+        var mine = document.getElementById("runs");
+        if (!fresh || !mine) { return; }
+        var open = {};
+        mine.querySelectorAll("details[open]").forEach(function (d) { open[d.dataset.run] = true; });
+        fresh = document.importNode(fresh, true);
+        fresh.querySelectorAll("details").forEach(function (d) { d.open = !!open[d.dataset.run]; });
+        mine.replaceWith(fresh);
+        announce("Remediation runs updated.");
+      })
+      .catch(function () { announce("Could not reload the remediation runs."); });
   }
   function reloadEvents() {
     fetch("/v1/events?limit=" + MAX_EVENTS, { cache: "no-store" })

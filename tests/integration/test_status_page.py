@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import http_get
+from tests.conftest import http_get, http_json, until
+from tests.remote_fleet import runs
 from tests.status_agent import NODE, StatusAgent, status_agent
 
 
@@ -79,8 +80,16 @@ async def test_a_condition_firing_on_the_agent_arrives_on_the_stream(agent: Stat
                     assert firing["name"] == "switch-critical"
                     assert firing["since"].endswith("Z")
                     break
+    # The condition triggered the playbook in observe mode: the page has its decision record.
+    run = until(lambda: runs(agent), "the observe-mode run", agent)[0]
+    assert run["playbook"] == "switch-observe"
+    gates = [d["gate"] for d in http_json(f"{agent.url}/v1/runs/{run['id']}")["decisions"]]
     status, html = http_get(agent.url + "/")
     assert "Critical: 1 firing, 0 pending" in html
     assert "switch-critical" in html
+    assert "<strong>switch-observe</strong> on switch" in html
+    assert f"Run <code>{run['id']}</code>" in html
+    for gate in gates:
+        assert f'<td data-label="Gate">{gate}</td>' in html
     code, _ = agent.stop()
     assert code == 0, agent.log()

@@ -9,7 +9,8 @@ tmp dir and flags that keep it off the network. Screenshots are written under
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,12 @@ def test_the_page_shows_the_node_updates_live_and_pauses_with_a_valid_token_only
     expect(page.locator("#health-text")).to_have_text("Critical: 1 firing, 0 pending")
     expect(page.locator("#live")).to_contain_text("switch-critical")
     expect(page.locator("#events-body")).to_contain_text("condition.firing")
+    # The condition triggered the observe-mode playbook: its run and decision record appear.
+    run = page.locator("#runs details.run").first
+    expect(run).to_contain_text("switch-observe", timeout=WAIT_MS)
+    run.locator("summary").click()
+    expect(run.locator("caption")).to_have_text("Decision record: which gate said what")
+    expect(run.locator("tbody tr").first).to_be_visible()
     assert page.evaluate("window.notReloaded") is True
     _screenshot(page, "status-page-firing.png")
 
@@ -115,6 +122,12 @@ def test_the_page_shows_the_node_updates_live_and_pauses_with_a_valid_token_only
     assert _remediation(agent)["paused"] is False
     # Not kept unless asked: nothing in sessionStorage.
     assert page.evaluate("window.sessionStorage.length") == 0
+
+    # The charts grow without a reload too (a point every 10 s).
+    points = page.locator("#line-memory")
+    drawn = (points.get_attribute("points") or "").count(",")
+    until_page(lambda: (points.get_attribute("points") or "").count(",") > drawn, page)
+    expect(page.locator("#latest-memory")).to_contain_text("%")
 
     # The condition resolves: still live.
     agent.switch(on=False)
@@ -147,6 +160,14 @@ def test_a_narrow_window_has_no_horizontal_overflow(
     # Every table cell says what it is once the header row is hidden.
     assert page.locator("#cond-body td[data-label=Severity]").first.is_visible()
     _screenshot(page, "status-page-360px.png")
+
+
+def until_page(check: Callable[[], bool], page: Page) -> None:
+    """Poll ``check`` (not in the page: its policy forbids evaluating strings) until true."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not check():
+        assert time.monotonic() < deadline, "the page did not change in time"
+        page.wait_for_timeout(100)
 
 
 def _remediation(agent: StatusAgent) -> dict[str, Any]:
