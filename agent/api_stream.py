@@ -5,8 +5,8 @@ message to each connected client's own bounded queue. Messages are SSE events na
 
 * ``event``: a recorded event as a CloudEvent, with the event's sequence as the SSE id
   (a reconnecting browser sends ``Last-Event-ID`` and is replayed what it missed);
-* ``snapshot``: the node's summary and condition set, after a condition, remediation or
-  MQTT event and at every history point;
+* ``snapshot``: the node's summary and condition set, shortly after condition,
+  remediation or MQTT events (a burst makes one) and at every history point;
 * ``sample``: a new point of the status page's charts;
 * ``resync``: the client fell behind and its queue was emptied; the data is a fresh
   snapshot, and the client should reload the event list.
@@ -22,6 +22,7 @@ __all__ = [
     "CLIENT_QUEUE",
     "HEARTBEAT",
     "MAX_CLIENTS",
+    "SNAPSHOT_DELAY",
     "StreamClient",
     "StreamHub",
     "StreamMessage",
@@ -53,6 +54,9 @@ MAX_CLIENTS: Final = 32
 """Streams served at once; more get 503."""
 REPLAY_LIMIT: Final = 200
 """Events replayed at most to a client reconnecting with ``Last-Event-ID``."""
+
+SNAPSHOT_DELAY: Final = 0.2
+"""Seconds a snapshot waits after a condition event, so a burst of them makes one."""
 
 SUBSCRIBER = "status-stream"
 _SNAPSHOT_PREFIXES = (
@@ -169,6 +173,7 @@ class StreamHub:
         self._max_clients = max_clients
         self._clients: set[StreamClient] = set()
         self._closed = False
+        self._pending_snapshot: asyncio.TimerHandle | None = None
 
     @property
     def clients(self) -> int:
@@ -187,7 +192,14 @@ class StreamHub:
 
     def _dispatch(self, event: Event) -> None:
         self.publish(StreamMessage.of_event(event))
-        if event.type.startswith(_SNAPSHOT_PREFIXES):
+        if event.type.startswith(_SNAPSHOT_PREFIXES) and self._pending_snapshot is None:
+            # Coalesced: a storm of condition changes costs a few snapshots a second.
+            loop = asyncio.get_running_loop()
+            self._pending_snapshot = loop.call_later(SNAPSHOT_DELAY, self._send_snapshot)
+
+    def _send_snapshot(self) -> None:
+        self._pending_snapshot = None
+        if self._clients:
             self.publish(self._snapshot_message("snapshot"))
 
     def publish(self, message: StreamMessage) -> None:
@@ -204,6 +216,9 @@ class StreamHub:
     def close(self) -> None:
         """End every stream (the server is stopping); later connections get 503."""
         self._closed = True
+        if self._pending_snapshot is not None:
+            self._pending_snapshot.cancel()
+            self._pending_snapshot = None
         for client in self._clients:
             client.close()
 

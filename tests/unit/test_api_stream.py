@@ -19,7 +19,13 @@ from aiohttp import web
 
 from agent.api import ApiServer
 from agent.api_status import add_status_routes
-from agent.api_stream import MAX_CLIENTS, StreamClient, StreamHub, StreamMessage
+from agent.api_stream import (
+    MAX_CLIENTS,
+    SNAPSHOT_DELAY,
+    StreamClient,
+    StreamHub,
+    StreamMessage,
+)
 from agent.bus import EventBus
 from agent.model import Condition, ConditionState, Sample, Severity
 
@@ -292,3 +298,18 @@ async def test_streams_beyond_the_limit_get_a_json_503() -> None:
     finally:
         await server.stop()
         bus.close()
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_condition_changes_makes_one_snapshot(serve: Any) -> None:
+    server = await serve(FakeAgentView())
+    stream = await server.stream()
+    await stream.next()
+
+    for sequence in range(1, 51):
+        server.bus.publish(make_event(sequence, "io.nodemedic.condition.pending"))
+
+    names = [(await stream.next()).event for _ in range(51)]
+    assert names == ["event"] * 50 + ["snapshot"]
+    with pytest.raises(TimeoutError):
+        await stream.next(timeout=4 * SNAPSHOT_DELAY)
