@@ -71,12 +71,11 @@ def add_status_routes(
     Returns:
         The stream hub (None without a bus).
     """
-    page = _StatusPage(view, remediation, clock)
+    page = _StatusPage(view, remediation, clock, stream=bus is not None)
     hub = StreamHub(view, page.summary, heartbeat=heartbeat) if bus is not None else None
     app.router.add_get("/", page.handle)
     if hub is not None:
         app.router.add_get("/v1/stream", hub.handle)
-    page.stream = hub is not None
 
     async def tasks(app: web.Application) -> AsyncIterator[None]:
         recorded = hub.publish_sample if hub is not None else None
@@ -110,13 +109,18 @@ class _StatusPage:
     """The page's state (its history) and its handler."""
 
     def __init__(
-        self, view: AgentView, remediation: RemediationView | None, clock: Callable[[], float]
+        self,
+        view: AgentView,
+        remediation: RemediationView | None,
+        clock: Callable[[], float],
+        *,
+        stream: bool,
     ) -> None:
         self._view = view
         self._remediation = remediation
         self._clock = clock
+        self._stream = stream
         self.history = MetricHistory()
-        self.stream = False
         try:
             self._started = psutil.Process().create_time()
         except psutil.Error:
@@ -143,7 +147,7 @@ class _StatusPage:
             now=now,
             runs=self._runs(),
             events=list(reversed(self._view.events(type=None, since=None, limit=PAGE_EVENTS))),
-            stream=self.stream,
+            stream=self._stream,
         )
         return web.Response(
             text=render_page(data), content_type="text/html", charset="utf-8", headers=_HEADERS

@@ -40,7 +40,7 @@ HISTORY_POINTS: Final = 360
 Point = tuple[float, float]
 """(epoch seconds, value)."""
 
-OUTBOX_DEPTH = "outbox"
+_OUTBOX_DEPTH = "outbox"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ SERIES: Final[tuple[SeriesSpec, ...]] = (
     SeriesSpec("memory", "Memory used", "%", "nodemedic_memory_used_ratio", 100.0),
     SeriesSpec("load", "Load (1 min)", "", "nodemedic_load1"),
     SeriesSpec("filesystem", "Fullest filesystem", "%", "nodemedic_filesystem_used_ratio", 100.0),
-    SeriesSpec(OUTBOX_DEPTH, "MQTT outbox depth", "", ""),
+    SeriesSpec(_OUTBOX_DEPTH, "MQTT outbox depth", "", ""),
 )
 
 
@@ -149,7 +149,7 @@ def readings(
             by_metric[sample.metric] = sample.value
     values: dict[str, float] = {}
     for spec in series:
-        if spec.key == OUTBOX_DEPTH:
+        if spec.key == _OUTBOX_DEPTH:
             if outbox_depth is not None:
                 values[spec.key] = float(outbox_depth)
         elif spec.metric in by_metric:

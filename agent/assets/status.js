@@ -141,7 +141,7 @@
     });
   }
 
-  function connect(again) {
+  function connect() {
     if (!boot.stream || !window.EventSource) { setText("id-stream", "off (reload to update)"); return; }
     var source = new EventSource("/v1/stream");
     function on(name, handler) {
@@ -151,12 +151,14 @@
     }
     source.onopen = function () {
       setText("id-stream", "\u2714 connected");
-      if (again) { reloadEvents(); }  // a new EventSource does not resume from the last id
+      // Catch up on events recorded since the page was rendered (a new EventSource cannot
+      // say where it left off; only the browser's own reconnects resume from the last id).
+      reloadEvents();
     };
     source.onerror = function () {
       setText("id-stream", "\u2716 disconnected, retrying\u2026");
       // The browser retries by itself unless the server refused (say, 503: too many streams).
-      if (source.readyState === EventSource.CLOSED) { setTimeout(function () { connect(true); }, 5000); }
+      if (source.readyState === EventSource.CLOSED) { setTimeout(connect, 5000); }
     };
     on("snapshot", applySnapshot);
     on("event", addEvent);
@@ -209,5 +211,5 @@
   }
 
   pauseControls();
-  connect(false);
+  connect();
 })();
