@@ -9,9 +9,10 @@ CONFIG ?= config/nodemedic.yaml
 APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
 # booted Debian 12 has it, a debian:12 container image does not. systemd-container and
-# debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
+# debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs. chromium: the
+# status page tests drive it headless with Playwright (never `playwright install`).
 APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients haproxy etcd-server \
-    etcd-client systemd systemd-container debootstrap lintian
+    etcd-client systemd systemd-container debootstrap lintian chromium chromium-driver
 # Debian's mosquitto package (like etcd-server, haproxy and prometheus-node-exporter) starts
 # a system daemon from its postinst on a machine whose policy allows it. The tests never use
 # them (fixtures run their own on ephemeral loopback ports), so while installing anything
@@ -26,7 +27,7 @@ export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
 	@echo "make test   - install test dependencies and run lint, types and the whole test suite"
-	@echo "make bench  - run the benchmarks under bench/ (agent overhead, MQTT, process scan)"
+	@echo "make bench  - run the benchmarks under bench/ (agent overhead, MQTT, process scan, status page)"
 	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
 	@echo "make bench-units - systemd in nspawn: boot, D-Bus round trips, signal-to-rules latency"
 	@echo "make docs   - regenerate docs/configuration.md from the config models"
@@ -88,6 +89,7 @@ bench: venv bench-mqtt
 	$(BIN)/python -m bench.agent_overhead
 	$(BIN)/python -m bench.process_scan
 	$(BIN)/python -m bench.kmsg_flood
+	$(BIN)/python -m bench.status_page
 
 # MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
 bench-mqtt: venv apt-test

@@ -263,7 +263,7 @@ class Agent:
         if not api.enabled:
             return
         writes = WriteApi(self._remote, self.settings.remote) if self._remote is not None else None
-        self._api = ApiServer(self, remediation=self._remediation, writes=writes)
+        self._api = ApiServer(self, remediation=self._remediation, writes=writes, bus=self._bus)
         await self._api.start(api.host, api.port)
 
     async def _wait_for_stop(self) -> None:
