@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from pydantic import ValidationError
 
-from agent.config import AgentSettings, ProcessGroupConfig
+from agent.config import AgentSettings, KubernetesConfig, ProcessGroupConfig
 from agent.model import Condition
 from agent.store import Store
 from remediations.action_catalog import available_actions
@@ -88,6 +88,7 @@ class _Services:
     protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
     systemd_bus: str | None = None
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record an event."""
@@ -131,6 +132,7 @@ class RemediationService:
                 emit_event=emit,
                 systemd_bus=settings.probes.units.bus,
                 process_groups=process_matches(settings.probes.processes.groups),
+                kubernetes=settings.kubernetes,
             ),
             clock=clock,
         )
