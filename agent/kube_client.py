@@ -265,13 +265,15 @@ class KubeApi:
         """
         from lightkube.resources.core_v1 import Event
 
-        event = cast(Event, Event.from_dict(dict(body)))
+        meta = {**body.get("metadata", {}), "namespace": namespace}
+        event = cast(Event, Event.from_dict({**body, "metadata": meta}))
         async with _Translated("create an event"):
-            await self._client.create(event, namespace=namespace)
+            await self._client.create(event)
 
 
 def _connect(config: KubernetesConfig) -> KubeApi:
     import httpx2
+    import yaml
     from lightkube import AsyncClient, ConfigError, KubeConfig
 
     timeout = httpx2.Timeout(config.request_timeout.total_seconds())
@@ -283,9 +285,18 @@ def _connect(config: KubernetesConfig) -> KubeApi:
             where = "the pod's service account"
             single = KubeConfig.from_service_account().get()
         client = AsyncClient(single, timeout=timeout, field_manager="nodemedic")
-    except (ConfigError, OSError, KeyError, ValueError, TypeError, AssertionError) as err:
+    except (
+        ConfigError,
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AssertionError,
+        yaml.YAMLError,
+    ) as err:
         # lightkube reports a missing key of a malformed file as a bare KeyError.
         detail = f"missing key {err}" if isinstance(err, KeyError) else str(err) or repr(err)
+        detail = " ".join(detail.split())  # a YAML error spans lines
         raise KubernetesError(f"kubernetes: cannot use {where}: {detail}") from err
     return KubeApi(client, where=where)
 
