@@ -21,9 +21,9 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from agent.config_types import Duration
 from agent.config_types import FrozenModel as _Frozen
@@ -32,6 +32,17 @@ _CAMEL = re.compile(r"[A-Z][A-Za-z0-9]*")
 _NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _IN_CLUSTER_VAR = "KUBERNETES_SERVICE_HOST"
 _NODE_NAME_VAR = "NODE_NAME"
+
+
+def _auto_or_bool(value: object) -> object:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "yes", "on", "1"}:
+        return True
+    if text in {"false", "no", "off", "0"}:
+        return False
+    raise ValueError(f"{value!r} is not auto, true or false")
 
 
 def _positive(value: timedelta) -> timedelta:
@@ -78,7 +89,9 @@ class KubernetesConditionsConfig(_Frozen):
 
     Each rule becomes one condition type, the prefix followed by the rule's name in
     CamelCase (``filesystem-almost-full`` -> ``NodemedicFilesystemAlmostFull``), status
-    ``True`` while any of its series fires and ``False`` once resolved.
+    ``True`` while any of its series fires and ``False`` once resolved. A rule that has
+    not fired since its type was last on the Node is not shown; a type whose rule is gone
+    from the configuration is deleted.
     """
 
     enabled: bool = True
@@ -123,7 +136,7 @@ class KubernetesEventsConfig(_Frozen):
 
     enabled: bool = True
     """Record remediation runs as Events."""
-    namespace: str = "default"
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     """Namespace the Events are created in (the kubelet puts Node events in default)."""
     burst: int = Field(default=25, ge=1, le=1000)
     """Events that may be sent at once before the rate applies."""
@@ -136,7 +149,7 @@ class KubernetesEventsConfig(_Frozen):
 class KubernetesConfig(_Frozen):
     """The Kubernetes API: NodeConditions, Events and the drain actions."""
 
-    enabled: Literal["auto"] | bool = "auto"
+    enabled: Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)] = "auto"
     """auto: on inside a pod (KUBERNETES_SERVICE_HOST set) or with a kubeconfig; true; false."""
     kubeconfig: Path | None = None
     """A kubeconfig file (its current context is used); default the pod's service account."""
