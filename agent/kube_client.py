@@ -27,7 +27,6 @@ __all__ = [
 
 import asyncio
 import enum
-import importlib.util
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -47,7 +46,9 @@ _INSTALL_HINT = "install it with: pip install 'nodemedic[kubernetes]'"
 
 def missing_client() -> str | None:
     """Why the Kubernetes client cannot be used, or None when lightkube is installed."""
-    if importlib.util.find_spec("lightkube") is None:
+    try:
+        import lightkube  # noqa: F401  (only asked where Kubernetes is configured)
+    except ImportError:
         return f"the lightkube package is not installed; {_INSTALL_HINT}"
     return None
 

@@ -3,7 +3,9 @@
 The API server is a fake (no real Kubernetes API can run here; see tests/fake_kube.py)
 running in a thread of the test, reached by the agent process over loopback HTTP through
 lightkube with a kubeconfig the test writes. A real plugin script, whose exit status the
-test sets through a file, makes the agent's conditions fire, change and resolve.
+test sets through a file, makes the agent's conditions fire, change and resolve; an
+enforce-mode playbook on one of them drains the node with ``drain.kubernetes`` through
+the real remediation engine.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def _agent(
         "mode": "enforce",
         "trigger": {"conditions": ["raid-failed"]},
         "target": "md0",
-        "steps": [{"action": "test.record", "params": {"log": str(tmp_path / "steps.log")}}],
+        "steps": [{"action": "drain.kubernetes", "timeout": "1m"}],
+        "on_failure": [{"action": "undrain.kubernetes"}],
     }
     (books / "raid.yaml").write_text(json.dumps(playbook), encoding="utf-8")
     settings = {
@@ -101,7 +104,7 @@ def _status_is(kube: FakeKubeApiServer, type_: str, status: str) -> dict[str, An
     return found if found is not None and found["status"] == status else None
 
 
-def test_conditions_appear_change_and_clear_on_the_node_and_runs_become_events(
+def test_conditions_appear_change_and_clear_on_the_node_and_a_drain_run_becomes_events(
     agent_factory: Callable[..., AgentProcess], kube: FakeKubeApiServer, tmp_path: Path
 ) -> None:
     # Left by an earlier run: one of a rule that no longer exists, one still firing.
@@ -115,6 +118,8 @@ def test_conditions_appear_change_and_clear_on_the_node_and_runs_become_events(
                 "lastTransitionTime": "2026-01-01T00:00:00Z",
             },
         ]
+    kube.add_pod("shop", "web-1", node=NODE)
+    kube.add_pod("kube-system", "fluentd-x1", node=NODE, owner="DaemonSet")
     agent, state = _agent(agent_factory, tmp_path, kube.write_kubeconfig(tmp_path / "kc"))
     agent.wait_ready()
 
@@ -157,6 +162,10 @@ def test_conditions_appear_change_and_clear_on_the_node_and_runs_become_events(
     }
     assert events[0]["type"] == "Normal"
     assert events[0]["message"].startswith("playbook raid-rebuild on md0 succeeded")
+    # The run drained the node through the Eviction API.
+    assert kube.node(NODE)["spec"]["unschedulable"] is True
+    assert kube.pod_names() == {"kube-system/fluentd-x1"}
+    assert kube.evictions == {"shop/web-1": 1}
     assert events[0]["metadata"]["namespace"] == "default"
     reasons = [e["reason"] for e in kube.recorded_events()]
     assert reasons.index("RemediationStarted") < reasons.index("RemediationSucceeded")
@@ -167,7 +176,8 @@ def test_conditions_appear_change_and_clear_on_the_node_and_runs_become_events(
     assert resolved["reason"] == "NoRaidDegraded"
     assert resolved["lastTransitionTime"] >= degraded["lastTransitionTime"]
     patches = [r for r in kube.requests if r[0] == "PATCH"]
-    assert all(r[1].startswith(f"/api/v1/nodes/{NODE}/status") for r in patches)
+    status = [r for r in patches if r[1].startswith(f"/api/v1/nodes/{NODE}/status?")]
+    assert len(patches) - len(status) == 1, "one more: the drain's cordon"
     assert {r[2] for r in patches} == {"application/strategic-merge-patch+json"}
     assert agent.log().count("condition NodemedicRaidFailed is True") == 1
 
