@@ -139,7 +139,7 @@ async def test_a_budget_that_never_allows_fails_the_drain_at_the_deadline_naming
     assert PDB_MESSAGE in message
     assert "web-1" not in message
     assert "the node stays cordoned" in message
-    assert kube.evictions["shop/db-0"] >= 3
+    assert kube.evictions["shop/db-0"] >= 2, "asked again after the 429"
     assert kube.pod_names() == {"shop/db-0"}
     assert kube.node(NODE)["spec"]["unschedulable"] is True  # as kubectl leaves it
 

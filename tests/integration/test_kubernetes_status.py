@@ -74,7 +74,12 @@ def _agent(
     (books / "raid.yaml").write_text(json.dumps(playbook), encoding="utf-8")
     settings = {
         "probes": ONLY_CUSTOM
-        | {"custom": {"interval": "200ms", "checks": [{"name": "raid", "command": [str(plugin)]}]}},
+        | {
+            "custom": {
+                "interval": "200ms",
+                "checks": [{"name": "raid", "command": [str(plugin)], "timeout": "5s"}],
+            }
+        },
         "rules": RULES,
         "remediation": {
             "playbooks_dir": str(books),
@@ -169,6 +174,18 @@ def test_conditions_appear_change_and_clear_on_the_node_and_a_drain_run_becomes_
     assert events[0]["metadata"]["namespace"] == "default"
     reasons = [e["reason"] for e in kube.recorded_events()]
     assert reasons.index("RemediationStarted") < reasons.index("RemediationSucceeded")
+
+    # Nothing changes, yet the heartbeat keeps the conditions fresh (every 2s here).
+    beat = until(
+        lambda: (
+            (c := _condition(kube, "NodemedicRaidFailed")) is not None
+            and c["lastHeartbeatTime"] > failed["lastHeartbeatTime"]
+            and c
+        ),
+        "a heartbeat",
+        agent,
+    )
+    assert beat["lastTransitionTime"] == failed["lastTransitionTime"]
 
     state.write_text("0", encoding="utf-8")
     until(lambda: _status_is(kube, "NodemedicRaidFailed", "False"), "resolution", agent)
