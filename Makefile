@@ -10,13 +10,14 @@ APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
 # booted Debian 12 has it, a debian:12 container image does not. systemd-container and
 # debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
-APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd \
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients haproxy systemd \
     systemd-container debootstrap lintian
-# Debian's mosquitto package starts a system broker on port 1883 from its postinst on a
-# machine whose policy allows it. The tests never use it (tests/brokers.py runs its own
-# brokers on ephemeral loopback ports), so while installing it we deny service starts with
-# a temporary /usr/sbin/policy-rc.d ("exit 101", see invoke-rc.d(8)) unless one already
-# exists, and stop the system broker if it got started anyway: CI leaves no stray daemon.
+# Debian's mosquitto package (like etcd-server, haproxy and prometheus-node-exporter) starts
+# a system daemon from its postinst on a machine whose policy allows it. The tests never use
+# them (fixtures run their own on ephemeral loopback ports), so while installing anything
+# missing we deny service starts with a temporary /usr/sbin/policy-rc.d ("exit 101", see
+# invoke-rc.d(8)) unless one already exists, and stop the system broker if it got started
+# anyway: CI leaves no stray daemon.
 POLICY_RC := /usr/sbin/policy-rc.d
 export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 
@@ -52,8 +53,12 @@ typecheck: venv
 
 apt-test:
 	@set -euo pipefail; \
-	if dpkg-query -W -f='$${Status}' mosquitto 2>/dev/null | grep -q "install ok installed" \
-	    || [ "$$(id -u)" -ne 0 ]; then \
+	missing=; \
+	for pkg in $(APT_TEST); do \
+	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" \
+	        || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ] || [ "$$(id -u)" -ne 0 ]; then \
 	    scripts/ensure-apt $(APT_TEST); exit 0; \
 	fi; \
 	made_policy=; \

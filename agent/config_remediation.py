@@ -13,6 +13,7 @@ from pydantic import (
     field_validator,
 )
 
+from agent.config_drain import DrainConfig
 from agent.config_types import WEEKDAYS as _WEEKDAYS
 from agent.config_types import FrozenModel as _Frozen
 from agent.config_types import Weekday
@@ -74,6 +75,8 @@ class RemediationConfig(_Frozen):
     """With more conditions firing than this, disruptive playbooks hold."""
     max_runs_kept: int = Field(default=10_000, ge=100)
     """Runs the journal keeps; older finished ones are trimmed."""
+    drain: DrainConfig = Field(default_factory=DrainConfig)
+    """How drain.node takes this node out of its load balancers (and undrain.node back)."""
 
     @field_validator("action_modules")
     @classmethod

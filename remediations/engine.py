@@ -32,7 +32,12 @@ from remediations.gates import DEFAULT_PROTECTED, Decision, GateInput, evaluate
 from remediations.journal import Journal
 from remediations.library import PlaybookLibrary
 from remediations.model import Mode, Playbook, RenderError, RunState, render_params
-from remediations.steps import params_problem, playbook_disruptive, step_idempotent
+from remediations.steps import (
+    on_failure_idempotent,
+    params_problem,
+    playbook_disruptive,
+    step_idempotent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +370,10 @@ class RemediationEngine:
                     return
             await self._verify(run, playbook, ctx)
         except asyncio.CancelledError:
+            if self.rolls_back(run, playbook):
+                # It stays running: the next start resumes it or runs its on_failure steps.
+                log.warning("run %s stopped mid-run; the next start settles it", run.run_id)
+                raise
             # Stopped mid-run: what the current step did is unknown, so it is not resumed.
             self.journal.transition(
                 run.run_id,
@@ -506,6 +515,33 @@ class RemediationEngine:
         log.warning(
             "run %s (%s on %s) interrupted: %s", run.run_id, run.playbook, run.target, reason
         )
+
+    def rolls_back(self, run: RunRecord, playbook: Playbook) -> bool:
+        """Whether ``run``, abandoned mid-way, runs its ``on_failure`` steps before it ends.
+
+        True when a step was attempted (something may have changed, a node drained) and
+        every ``on_failure`` step is idempotent (:func:`.steps.on_failure_idempotent`).
+        """
+        if not playbook.on_failure or not self.journal.attempts(run.run_id):
+            return False
+        labels = self._run_labels(playbook, run)
+        return on_failure_idempotent(self._actions, playbook, run.target, labels)
+
+    def roll_back(self, run: RunRecord, playbook: Playbook, reason: str) -> None:
+        """End a run abandoned mid-way: run its ``on_failure`` steps, then interrupt it."""
+        labels = self._run_labels(playbook, run)
+        ctx = RunContext(
+            run.run_id, playbook.name, run.target, labels, playbook.mode is Mode.DRY_RUN
+        )
+        self._spawn(run, playbook, labels, self._roll_back(run, playbook, ctx, reason))
+
+    async def _roll_back(
+        self, run: RunRecord, playbook: Playbook, ctx: RunContext, reason: str
+    ) -> None:
+        log.warning("run %s: %s; running its on_failure steps", run.run_id, reason)
+        for index, step in enumerate(playbook.on_failure):
+            await self._steps.run(ctx, step, phase="on_failure", index=index)
+        self.interrupt(run, f"{reason}; its on_failure steps ran")
 
     def verify_again(self, run: RunRecord, playbook: Playbook) -> None:
         """Resume a run that crashed while verifying: verification only reads."""

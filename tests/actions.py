@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.config_drain import DrainConfig
 from agent.config_kubernetes import KubernetesConfig
 from remediations.actions.base import ActionContext
 from remediations.actions.processes import ProcessMatch
@@ -23,6 +24,7 @@ class RecordingServices:
     systemd_bus: str | None = None
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
     emitted: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from agent.errors import AgentError
 
 if TYPE_CHECKING:  # processes.py imports this module through fields.py
+    from agent.config_drain import DrainConfig
     from agent.config_kubernetes import KubernetesConfig
     from remediations.actions.processes import ProcessMatch
 
@@ -79,6 +80,8 @@ class ActionServices(Protocol):
 
     kubernetes: KubernetesConfig
     """The ``kubernetes`` section: the API, the Node's name and the drain policy."""
+    drain: DrainConfig
+    """``remediation.drain``: how ``drain.node`` takes this node out of service."""
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record an event (``event.escalate`` uses it)."""

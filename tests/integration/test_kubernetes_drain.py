@@ -16,8 +16,10 @@ import pytest
 import pytest_asyncio
 from pydantic import ValidationError
 
+from agent.config_drain import DrainConfig
 from agent.config_kubernetes import KubernetesConfig
 from remediations.actions.base import ActionError, NoParams
+from remediations.actions.drain import DrainNode, UndrainNode
 from remediations.actions.kubernetes import DrainKubernetesNode, DrainParams, UncordonKubernetesNode
 from remediations.actions.registry import ACTIONS
 from tests.actions import RecordingServices, step
@@ -286,3 +288,25 @@ def test_both_actions_are_registered_with_honest_flags_and_strict_params() -> No
         DrainParams.model_validate({"eviction_timeout": "soon"})
     with pytest.raises(ValidationError, match="force"):
         DrainParams.model_validate({"force": True})
+
+
+@pytest.mark.asyncio
+async def test_drain_node_with_method_kubernetes_drains_and_undrains_through_these_actions(
+    kube: FakeKubeApiServer, tmp_path: Path
+) -> None:
+    _a_busy_node(kube)
+    services = _services(kube, tmp_path)
+    services.drain = DrainConfig(method="kubernetes")
+
+    for action, verb in ((DrainNode(), "drain"), (UndrainNode(), "undrain")):
+        ctx = step(NoParams(), services=services)
+        await action.precheck(ctx)
+        result = await action.apply(ctx)
+        verified = await action.verify(ctx)
+        assert result.details["method"] == f"{verb}.kubernetes"
+        assert verified.ok, verified.summary
+        if verb == "drain":
+            assert kube.node(NODE)["spec"]["unschedulable"] is True
+            assert "shop/web-1" not in kube.pod_names()
+
+    assert "unschedulable" not in kube.node(NODE)["spec"]

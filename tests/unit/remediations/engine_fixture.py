@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import KubernetesConfig, RemediationConfig
+from agent.config_drain import DrainConfig
 from agent.model import Condition, ConditionState, Event, Severity, labelset
 from agent.store import Store
 from remediations.actions.base import Action
@@ -52,6 +53,7 @@ class _Services:
     systemd_bus: str | None = None
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
     emitted: list[tuple[str, str | None, Mapping[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
