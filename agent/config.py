@@ -25,6 +25,7 @@ __all__ = [
     "FleetBudgetConfig",
     "HistoryConfig",
     "KmsgProbeConfig",
+    "KubernetesConfig",
     "LogConfig",
     "MqttConfig",
     "MqttOutboxConfig",
@@ -80,6 +81,7 @@ from agent.config_checks import (
     EndpointCheckConfig,
     EndpointsProbeConfig,
 )
+from agent.config_kubernetes import KubernetesConfig
 from agent.config_probes import (
     DiskioProbeConfig,
     FilesystemProbeConfig,
@@ -422,6 +424,7 @@ class AgentSettings(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     remediation: RemediationConfig = Field(default_factory=RemediationConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     rules: tuple[RuleConfig, ...] = Field(default_factory=lambda: tuple(_default_rules()))
 
     @field_validator("rules")

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from pydantic import ValidationError
 
-from agent.config import AgentSettings, ProcessGroupConfig
+from agent.config import AgentSettings, KubernetesConfig, ProcessGroupConfig
 from agent.config_drain import DrainConfig
 from agent.model import Condition
 from agent.store import Store
@@ -90,6 +90,7 @@ class _Services:
     protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
     systemd_bus: str | None = None
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
@@ -136,6 +137,7 @@ class RemediationService:
                 emit_event=emit,
                 systemd_bus=settings.probes.units.bus,
                 process_groups=process_matches(settings.probes.processes.groups),
+                kubernetes=settings.kubernetes,
                 drain=settings.remediation.drain,
             ),
             clock=clock,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import RemediationConfig
+from agent.config import KubernetesConfig, RemediationConfig
 from agent.config_drain import DrainConfig
 from agent.model import Condition, ConditionState, Event, Severity, labelset
 from agent.store import Store
@@ -53,6 +53,7 @@ class _Services:
     protected_pids: frozenset[int] = frozenset({1})
     systemd_bus: str | None = None
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
     emitted: list[tuple[str, str | None, Mapping[str, Any]]] = field(default_factory=list)
 

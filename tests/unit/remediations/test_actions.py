@@ -24,6 +24,7 @@ def test_every_action_is_registered_by_its_name() -> None:
         "disk.cleanup",
         "drain.exec",
         "drain.haproxy",
+        "drain.kubernetes",
         "drain.node",
         "event.escalate",
         "exec",
@@ -36,6 +37,7 @@ def test_every_action_is_registered_by_its_name() -> None:
         "systemd.stop_unit",
         "undrain.exec",
         "undrain.haproxy",
+        "undrain.kubernetes",
         "undrain.node",
     ]
     for name, cls in ACTIONS.items():
@@ -52,9 +54,10 @@ def test_an_unknown_action_lists_the_known_ones() -> None:
         get_action("systemd.restart")
     assert str(err.value) == (
         "unknown action 'systemd.restart'; known actions: disk.cleanup, drain.exec, "
-        "drain.haproxy, drain.node, event.escalate, exec, journal.vacuum, process.signal, "
-        "systemd.reload_unit, systemd.reset_failed, systemd.restart_unit, systemd.start_unit, "
-        "systemd.stop_unit, undrain.exec, undrain.haproxy, undrain.node"
+        "drain.haproxy, drain.kubernetes, drain.node, event.escalate, exec, journal.vacuum, "
+        "process.signal, systemd.reload_unit, systemd.reset_failed, systemd.restart_unit, "
+        "systemd.start_unit, systemd.stop_unit, undrain.exec, undrain.haproxy, "
+        "undrain.kubernetes, undrain.node"
     )
 
 
