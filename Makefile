@@ -22,7 +22,7 @@ APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients haproxy etcd-
 POLICY_RC := /usr/sbin/policy-rc.d
 export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 
-.PHONY: help run test check lint typecheck pytest bench bench-mqtt bench-units venv clean apt-test docs deb
+.PHONY: help run test check lint typecheck pytest bench bench-mqtt bench-units bench-fleet venv clean apt-test docs deb
 
 help:
 	@echo "make run    - set up .venv and run the agent with $(CONFIG)"
@@ -100,6 +100,10 @@ bench-mqtt: venv apt-test
 bench-units: venv apt-test
 	@scripts/ensure-nspawn-rootfs
 	$(BIN)/python -m bench.units_latency
+
+# 1,000 simulated agents on one Mosquitto and etcd: fleet command fan-out and the budget.
+bench-fleet: venv apt-test
+	$(BIN)/python -m bench.fleet
 
 docs: venv
 	$(BIN)/python -m agent.config_doc --write

@@ -141,7 +141,7 @@ class NodeSpec:
     drain_seconds: float = 0.5
     interval: float = 1.0
     slot_wait: float = 600.0
-    poll_interval: float = 0.25
+    poll_interval: float = 2.0
 
     def to_json(self) -> dict[str, Any]:
         """The spec as the worker's start message carries it."""

@@ -63,9 +63,9 @@ class _Worker:
         self.proc.stdin.write(json.dumps(order).encode() + b"\n")
         await self.proc.stdin.drain()
 
-    async def hear(self, timeout: float) -> dict[str, Any]:
+    async def hear(self, within: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
         if not line:
             raise RuntimeError(f"worker {self.proc.pid} exited ({self.proc.returncode})")
         answer: dict[str, Any] = json.loads(line)
@@ -73,9 +73,9 @@ class _Worker:
             raise RuntimeError(f"worker {self.proc.pid}: {answer['error']}")
         return answer
 
-    async def ask(self, order: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    async def ask(self, order: dict[str, Any], within: float = 60.0) -> dict[str, Any]:
         await self.say(order)
-        return await self.hear(timeout)
+        return await self.hear(within)
 
 
 @dataclass
@@ -100,7 +100,7 @@ class Fleet:
         """Every node's name."""
         return [name for worker in self._workers for name in worker.nodes]
 
-    async def start(self, timeout: float = 300.0) -> None:
+    async def start(self, within: float = 300.0) -> None:
         """Start the workers and wait until every node's MQTT link is up."""
         names = [f"sim-{index:04d}" for index in range(self.nodes)]
         share = math.ceil(self.nodes / self.workers)
@@ -118,7 +118,7 @@ class Fleet:
             start = {"spec": self.spec.to_json(), "nodes": worker.nodes, "first": first}
             await worker.say({**start, "root": str(self.root)})
         for worker in self._workers:
-            worker.ready = await worker.hear(timeout)
+            worker.ready = await worker.hear(within)
 
     async def fail(self, nodes: set[str]) -> None:
         """Make ``nodes`` breach from now on (all workers told at once)."""
@@ -227,7 +227,7 @@ async def fan_out(
 
 
 async def correlated_failure(
-    fleet: Fleet, broker: FleetBroker, etcd_url: str, failing: set[str], timeout: float
+    fleet: Fleet, broker: FleetBroker, etcd_url: str, failing: set[str], within: float
 ) -> dict[str, Any]:
     """Phase 2: ``failing`` nodes breach at once; the budget as etcd saw it, and the outcomes."""
     watch = SlotWatch(etcd_url, f"{PREFIX}/slots/")
@@ -243,7 +243,7 @@ async def correlated_failure(
             begin = time.monotonic()
             await fleet.fail(failing)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(within):
                     async for message in client.messages:
                         assert isinstance(message.payload, bytes)
                         event = json.loads(message.payload)

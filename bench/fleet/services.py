@@ -80,7 +80,7 @@ class FleetBroker:
             f"log_dest file {self.workdir / 'mosquitto.log'}\n"
             "log_type error\nlog_type warning\n"
         )
-        self.proc = subprocess.Popen(  # noqa: S603 - our own binary and config
+        self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -92,9 +92,10 @@ class FleetBroker:
                 raise RuntimeError(f"mosquitto exited: {self.log()}")
             try:
                 socket.create_connection((HOST, self.port), timeout=0.5).close()
-                return
             except OSError:
                 time.sleep(0.05)
+            else:
+                return
         raise RuntimeError(f"mosquitto did not listen within {timeout}s: {self.log()}")
 
     def stop(self) -> None:

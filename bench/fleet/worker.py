@@ -83,7 +83,10 @@ async def _serve(reader: asyncio.StreamReader) -> None:
         )
         for offset, name in enumerate(names)
     ]
-    runs = [asyncio.create_task(agent.run(), name=f"node:{name}") for agent, name in zip(agents, names, strict=True)]
+    runs = [
+        asyncio.create_task(agent.run(), name=f"node:{name}")
+        for agent, name in zip(agents, names, strict=True)
+    ]
     deadline = time.monotonic() + _START_TIMEOUT
     while not all(_connected(agent) for agent in agents):
         failed = [task for task in runs if task.done()]
@@ -99,7 +102,13 @@ async def _serve(reader: asyncio.StreamReader) -> None:
                 FAULTS.update(order["nodes"])
                 _say({"failing": len(FAULTS)})
             elif order["op"] == "stats":
-                _say({"rss_kib": rss_kib(), "failing": len(FAULTS), "connected": _count_connected(agents)})
+                _say(
+                    {
+                        "rss_kib": rss_kib(),
+                        "failing": len(FAULTS),
+                        "connected": _count_connected(agents),
+                    }
+                )
             elif order["op"] == "stop":
                 break
     finally:
