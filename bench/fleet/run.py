@@ -352,7 +352,7 @@ async def run_fleet(
         count = round(len(names) * fail_share)
         step = len(names) / count if count else 1
         failing = {names[int(i * step)] for i in range(count)}
-        limit = 60 + 3 * count * spec.drain_seconds / spec.budget
+        limit = 60 + 10 * count * spec.drain_seconds / spec.budget
         failure = await correlated_failure(fleet, broker, etcd.url, failing, limit)
         await fleet.stop()
         return FleetResult(nodes, workers, measured, memory, failure, startup)
