@@ -98,6 +98,7 @@ class RemediationEngine:
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._labels: dict[str, Mapping[str, str]] = {}
+        self._approval_timer: asyncio.TimerHandle | None = None
 
     # -- triggers ----------------------------------------------------------------------
 
@@ -279,8 +280,42 @@ class RemediationEngine:
             run.run_id,
             run.playbook,
             run.target,
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline)),
+            _utc(deadline),
         )
+        self.expire_approvals()
+
+    def expire_approvals(self) -> int:
+        """Skip every run whose approval deadline has passed, each with a ``skipped`` event.
+
+        Then arm a timer for the next deadline, so a run nobody approves ends on time
+        without anyone asking about it; :func:`~remediations.recovery.reconcile` calls
+        this at start, which also ends runs whose deadline passed while the agent was
+        down. Without a running loop (an engine driven by hand) no timer is armed.
+
+        Returns:
+            How many runs were skipped.
+        """
+        if self._approval_timer is not None:
+            self._approval_timer.cancel()
+            self._approval_timer = None
+        now = self._clock()
+        expired, next_deadline = 0, None
+        for run in self.journal.in_states((RunState.AWAITING_APPROVAL,)):
+            deadline = float(self.journal.get(f"approval_deadline:{run.run_id}") or 0.0)
+            if deadline > now:
+                next_deadline = min(deadline, next_deadline or deadline)
+                continue
+            why = f"no approval arrived before its deadline {_utc(deadline)}"
+            self.journal.transition(run.run_id, RunState.SKIPPED, now, gate="approval", reason=why)
+            self._event("skipped", run, {"phase": "approval", "gate": "approval", "reason": why})
+            log.warning("run %s (%s on %s) skipped: %s", run.run_id, run.playbook, run.target, why)
+            expired += 1
+        if next_deadline is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to arm
+                self._approval_timer = asyncio.get_running_loop().call_later(
+                    next_deadline - now, self.expire_approvals
+                )
+        return expired
 
     def approve(self, run_id: str, *, by: str) -> RunRecord:
         """Record a signed approval of a waiting run and execute it (gates checked again).
@@ -292,6 +327,11 @@ class RemediationEngine:
         waiting = {r.run_id: r for r in self.journal.in_states((RunState.AWAITING_APPROVAL,))}
         run = waiting.get(run_id)
         if run is None:
+            ended = self.journal.describe(run_id)
+            if ended is not None and ended["gate"] == "approval":  # expired at its deadline
+                raise RemediationRequestError(
+                    f"run {run_id} can no longer be approved: {ended['reason']}"
+                )
             raise RemediationRequestError(f"run {run_id} is not waiting for an approval")
         playbook = self.library.playbooks.get(run.playbook)
         now = self._clock()
@@ -621,6 +661,8 @@ class RemediationEngine:
         Then the engine leaves the fleet budget: slots still held and the membership
         are revoked in etcd.
         """
+        if self._approval_timer is not None:
+            self._approval_timer.cancel()
         if not await self.drain(grace):
             tasks = list(self._tasks.values())
             for task in tasks:
@@ -628,3 +670,7 @@ class RemediationEngine:
             await asyncio.wait(tasks, timeout=1.0)
         if self.fleet is not None:
             await self.fleet.aclose()
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -11,6 +11,8 @@ For each run not in a final state:
   same conditions. Anything else (a disruptive or non-idempotent step, an ``on_failure``
   step, a resolved condition) is marked interrupted with an event saying why.
 * ``verifying``: verification only reads, so it resumes.
+* ``awaiting_approval``: still waiting until its deadline; one whose deadline passed
+  while the agent was down is skipped with an event.
 
 A ``running`` run that is not resumed but had begun its steps is *abandoned*: when its
 playbook's ``on_failure`` steps are all idempotent (``undrain.node``, ``event.escalate``)
@@ -46,6 +48,7 @@ def reconcile(engine: RemediationEngine, actions: dict[str, type[Action]]) -> in
         _settle(engine, actions, run, playbook)
     if runs:
         log.info("reconciled %d unfinished remediation runs", len(runs))
+    engine.expire_approvals()
     return len(runs)
 
 
