@@ -64,6 +64,7 @@ MQTT_GRACE = 1.5
 
 PROBE_UP = "nodemedic_probe_up"
 OUTBOX_USED = "nodemedic_mqtt_outbox_used_ratio"
+_PROBE_UP_METRICS = frozenset({PROBE_UP})
 _LAG_PERIOD = 0.5
 _AGENT_SAMPLE_PERIOD = 1.0
 _WATCH_RETRY_MIN = 0.5
@@ -347,12 +348,16 @@ class Agent:
         while True:
             await asyncio.sleep(_HOLD_TICK)
             tracker = self._require_tracker()
-            if not any(c.pending_since is not None for c in tracker.conditions()):
-                continue
             now = self._clock()
             transitions: list[Transition] = []
             for name in push:
-                if self._status[name].error is None and name in self._latest:
+                # Only a probe with a condition waiting on time: the others' readings were
+                # observed when they came and would change nothing (the profile's top cost).
+                if (
+                    self._status[name].error is None
+                    and name in self._latest
+                    and tracker.waiting(self._covered[name])
+                ):
                     transitions += tracker.observe(self._covered[name], self._latest[name], now)
             self._apply(transitions)
 
@@ -399,8 +404,11 @@ class Agent:
             finite = [s for s in samples if math.isfinite(s.value)]
             self._latest[name] = finite
             transitions += tracker.observe(self._covered[name], finite, now)
-        self._probe_up[name] = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=name)
-        transitions += tracker.observe({PROBE_UP}, list(self._probe_up.values()), now)
+        up = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=name)
+        # Unchanged readings move only conditions that wait on time; skip the rest.
+        if self._probe_up.get(name) != up or tracker.waiting(_PROBE_UP_METRICS):
+            self._probe_up[name] = up
+            transitions += tracker.observe(_PROBE_UP_METRICS, list(self._probe_up.values()), now)
         self._apply(transitions)
         self._check_ready()
 
