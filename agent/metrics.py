@@ -19,13 +19,12 @@ import logging
 import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.metrics_text import SampleExposition
+from agent.metrics_text import MetricsRegistry, SampleExposition
 from agent.model import (
     Condition,
     ConditionState,
@@ -97,57 +96,6 @@ def build_registry(view: AgentView) -> MetricsRegistry:
     # The agent's own CPU and memory, for the dashboard and the overhead it promises.
     ProcessCollector(registry=registry)
     return registry
-
-
-class MetricsRegistry(CollectorRegistry):
-    """A registry whose :meth:`render` writes the samples' text itself.
-
-    ``generate_latest(registry)`` still works and gives the same bytes; :meth:`render`
-    is the fast path /metrics uses: the probes' samples, most of every scrape, come from
-    :class:`~agent.metrics_text.SampleExposition` (line prefixes remembered per series,
-    the whole text reused while no probe reported), the few families of agent state and
-    the other collectors through prometheus_client.
-
-    Args:
-        agent: the agent's collector, registered first.
-    """
-
-    def __init__(self, agent: AgentCollector) -> None:
-        super().__init__(auto_describe=False)
-        self._agent = agent
-        self._others: list[Collector] = []
-        self.register(agent)
-
-    def register(self, collector: Collector) -> None:
-        """Add a collector; it is rendered after the agent's, in registration order."""
-        super().register(collector)
-        if collector is not self._agent:
-            self._others.append(collector)
-
-    def unregister(self, collector: Collector) -> None:
-        """Remove a collector."""
-        super().unregister(collector)
-        if collector in self._others:
-            self._others.remove(collector)
-
-    def render(self) -> bytes:
-        """The text exposition of every collector, as ``generate_latest`` would write it."""
-        text, sampled_up = self._agent.render_samples()
-        rest = _Families(self._agent.state_families(sampled_up), self._others)
-        return text.encode() + generate_latest(rest)
-
-
-class _Families:
-    """Adapts a stream of families plus collectors to what ``generate_latest`` reads."""
-
-    def __init__(self, first: Iterable[Metric], collectors: Sequence[Collector]) -> None:
-        self._first = first
-        self._collectors = collectors
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._first
-        for collector in self._collectors:
-            yield from collector.collect()
 
 
 class AgentCollector:

@@ -6,20 +6,24 @@ name and labels from one reading to the next, so :class:`SampleExposition` forma
 line up to the value once and remembers it; when no probe has reported since the last
 scrape, the whole text is reused. The text is byte for byte what ``generate_latest``
 writes for the families :class:`agent.metrics.AgentCollector` builds from the same samples.
+:class:`MetricsRegistry` puts that text and the other families together for /metrics.
 """
 
 from __future__ import annotations
 
-__all__ = ["SampleExposition"]
+__all__ = ["MetricsRegistry", "SampleExposition", "SampleSource"]
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Final, Protocol
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import (
     UNDERSCORES,
     escape_label_name,
     escape_metric_name,
 )
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from agent.model import LabelSet, Sample
@@ -131,3 +135,71 @@ class SampleExposition:
 def _escape_value(value: str) -> str:
     # As prometheus_client escapes label values (UTF-8 allowed).
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class SampleSource(Protocol):
+    """A collector that can render its samples' families as text and the rest as families."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Every family, as prometheus_client reads a collector."""
+        ...
+
+    def render_samples(self) -> tuple[str, dict[str, float]]:
+        """The sample families' text, and probe_up readings found among the samples."""
+        ...
+
+    def state_families(self, sampled_up: Mapping[str, float]) -> Iterator[Metric]:
+        """The families after the samples' (given the probe_up readings of the samples)."""
+        ...
+
+
+class MetricsRegistry(CollectorRegistry):
+    """A registry whose :meth:`render` writes the samples' text itself.
+
+    ``generate_latest(registry)`` still works and gives the same bytes; :meth:`render`
+    is the fast path /metrics uses: the probes' samples, most of every scrape, come from
+    :class:`~agent.metrics_text.SampleExposition` (line prefixes remembered per series,
+    the whole text reused while no probe reported), the few families of agent state and
+    the other collectors through prometheus_client.
+
+    Args:
+        agent: the agent's collector (:class:`agent.metrics.AgentCollector`), registered
+            first.
+    """
+
+    def __init__(self, agent: SampleSource) -> None:
+        super().__init__(auto_describe=False)
+        self._agent = agent
+        self._others: list[Collector] = []
+        self.register(agent)
+
+    def register(self, collector: Collector) -> None:
+        """Add a collector; it is rendered after the agent's, in registration order."""
+        super().register(collector)
+        if collector is not self._agent:
+            self._others.append(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        """Remove a collector."""
+        super().unregister(collector)
+        if collector in self._others:
+            self._others.remove(collector)
+
+    def render(self) -> bytes:
+        """The text exposition of every collector, as ``generate_latest`` would write it."""
+        text, sampled_up = self._agent.render_samples()
+        rest = _Families(self._agent.state_families(sampled_up), self._others)
+        return text.encode() + generate_latest(rest)
+
+
+class _Families:
+    """Adapts a stream of families plus collectors to what ``generate_latest`` reads."""
+
+    def __init__(self, first: Iterable[Metric], collectors: Sequence[Collector]) -> None:
+        self._first = first
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._first
+        for collector in self._collectors:
+            yield from collector.collect()
