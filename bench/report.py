@@ -63,6 +63,7 @@ def metrics_rows(data: Any) -> list[Row]:
                 "n_e",
             )
         )
+        rows.append((f"/metrics {name}: p50", agent["p50_ms"], "ms", ref["p50_ms"], "n_e"))
         rows.append((f"/metrics {name}: p99", agent["p99_ms"], "ms", ref["p99_ms"], "n_e"))
     return rows
 
