@@ -9,14 +9,16 @@ CONFIG ?= config/nodemedic.yaml
 APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit files; a
 # booted Debian 12 has it, a debian:12 container image does not. systemd-container and
-# debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs.
-APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients systemd \
-    systemd-container debootstrap lintian
-# Debian's mosquitto package starts a system broker on port 1883 from its postinst on a
-# machine whose policy allows it. The tests never use it (tests/brokers.py runs its own
-# brokers on ephemeral loopback ports), so while installing it we deny service starts with
-# a temporary /usr/sbin/policy-rc.d ("exit 101", see invoke-rc.d(8)) unless one already
-# exists, and stop the system broker if it got started anyway: CI leaves no stray daemon.
+# debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs. chromium: the
+# status page tests drive it headless with Playwright (never `playwright install`).
+APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients haproxy etcd-server \
+    etcd-client systemd systemd-container debootstrap lintian chromium chromium-driver
+# Debian's mosquitto package (like etcd-server, haproxy and prometheus-node-exporter) starts
+# a system daemon from its postinst on a machine whose policy allows it. The tests never use
+# them (fixtures run their own on ephemeral loopback ports), so while installing anything
+# missing we deny service starts with a temporary /usr/sbin/policy-rc.d ("exit 101", see
+# invoke-rc.d(8)) unless one already exists, and stop the system broker if it got started
+# anyway: CI leaves no stray daemon.
 POLICY_RC := /usr/sbin/policy-rc.d
 export NODEMEDIC_PROMTOOL := $(CURDIR)/.cache/promtool/usr/bin/promtool
 
@@ -52,8 +54,12 @@ typecheck: venv
 
 apt-test:
 	@set -euo pipefail; \
-	if dpkg-query -W -f='$${Status}' mosquitto 2>/dev/null | grep -q "install ok installed" \
-	    || [ "$$(id -u)" -ne 0 ]; then \
+	missing=; \
+	for pkg in $(APT_TEST); do \
+	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" \
+	        || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ] || [ "$$(id -u)" -ne 0 ]; then \
 	    scripts/ensure-apt $(APT_TEST); exit 0; \
 	fi; \
 	made_policy=; \
@@ -82,16 +88,18 @@ test: lint typecheck pytest
 # Every benchmark, then one summary table (bench/report.py); JSON under bench/results/.
 # Takes about 25 min here (agent overhead 4 process counts x 2 runs x 60 s is most of it);
 # QUICK=1 runs each once and shorter, about 6 min. The units bench needs root (nspawn).
-# prometheus-node-exporter is the reference the overhead and /metrics figures stand beside.
+# prometheus-node-exporter is the reference the overhead and /metrics figures stand beside;
+# it is installed through apt-test's guard, so its package starts no system daemon.
 APT_BENCH := prometheus-node-exporter
 QUICK ?=
 bench: venv apt-test
-	@scripts/ensure-apt $(APT_BENCH)
+	@$(MAKE) --no-print-directory apt-test APT_TEST="$(APT_BENCH)"
 	$(BIN)/python -m bench.agent_overhead $(if $(QUICK),--quick,--repeat 2)
 	$(BIN)/python -m bench.metrics_scrape $(if $(QUICK),--quick,)
 	$(BIN)/python -m bench.process_scan $(if $(QUICK),--counts 500 --repeat 3,)
 	$(BIN)/python -m bench.mqtt_throughput $(if $(QUICK),--events 2000 --repeat 1,)
 	$(BIN)/python -m bench.kmsg_flood $(if $(QUICK),--lines 20000,)
+	$(BIN)/python -m bench.status_page $(if $(QUICK),--repeat 50,)
 	@if [ "$$(id -u)" -eq 0 ]; then scripts/ensure-nspawn-rootfs && \
 	    $(BIN)/python -m bench.units_latency $(if $(QUICK),--transitions 10 --calls 50,); \
 	else echo "bench: units latency skipped (needs root for nspawn)"; fi

@@ -30,7 +30,9 @@ from prometheus_client.exposition import gzip_accepted
 
 from agent.api_errors import RequestError
 from agent.api_runs import add_remediation_routes
+from agent.api_status import add_status_routes
 from agent.api_writes import WriteApi
+from agent.bus import EventBus
 from agent.metrics import build_registry
 from agent.model import ConditionState
 from agent.view import AgentView, RemediationView
@@ -49,13 +51,23 @@ _MAX_SHOWN = 64  # longest bad value echoed back in an error
 _STATES = ", ".join(state.value for state in ConditionState)
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", re.ASCII)
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
-_ROUTES = ("/healthz", "/readyz", "/metrics", "/v1/conditions", "/v1/events", "/v1/probes")
+_ROUTES = (
+    "/",
+    "/v1/stream",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/conditions",
+    "/v1/events",
+    "/v1/probes",
+)
 
 
 def create_app(
     view: AgentView,
     writes: WriteApi | None = None,
     remediation: RemediationView | None = None,
+    bus: EventBus | None = None,
 ) -> web.Application:
     """The aiohttp application serving ``view``.
 
@@ -63,6 +75,7 @@ def create_app(
         view: the agent state to serve.
         writes: the write routes (commands, runs, pause), when remote control is set up.
         remediation: the remediation engine's view; adds ``/v1/runs`` and the loopback pause.
+        bus: the agent's event bus; adds the status page's live stream ``/v1/stream``.
 
     Returns:
         An application with every route, JSON errors and a 64 KiB body limit.
@@ -79,6 +92,7 @@ def create_app(
         writes.register(app)
     if remediation is not None:
         add_remediation_routes(app, remediation, errors=RequestError)
+    add_status_routes(app, view, remediation=remediation, bus=bus)
     app.on_response_prepare.append(_neutral_server_header)
     return app
 
@@ -89,6 +103,8 @@ class ApiServer:
     Args:
         view: the agent state to serve.
         writes: the write routes, when remote control is set up.
+        remediation: the remediation engine's view.
+        bus: the agent's event bus, for the status page's live stream.
         shutdown_timeout: seconds :meth:`stop` lets in-flight requests finish.
     """
 
@@ -98,11 +114,12 @@ class ApiServer:
         *,
         writes: WriteApi | None = None,
         remediation: RemediationView | None = None,
+        bus: EventBus | None = None,
         shutdown_timeout: float = 2.0,
     ) -> None:
         if not shutdown_timeout > 0:
             raise ValueError(f"shutdown_timeout must be positive, got {shutdown_timeout!r}")
-        self._app = create_app(view, writes, remediation)
+        self._app = create_app(view, writes, remediation, bus)
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._host = ""

@@ -1,4 +1,4 @@
-"""The ``nodemedic`` command: run, check, validate, events tail."""
+"""The ``nodemedic`` command: run, check, validate, events tail, status, fleet..."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.cli_remote import add_key_parsers, add_remote_parsers, run_keys, run_remote
+from agent.cli_status import add_view_parsers, run_view
 from agent.cli_why import check_playbooks, why
 from agent.config import AgentSettings, LogConfig, load_settings
 from agent.errors import ConfigError, ProbeError, StoreError
@@ -79,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _tail(settings, node=args.node, event_type=args.type, count=args.count)
     if command in ("trigger", "approve", "pause", "resume"):
         return run_remote(args, settings)
+    if command in ("status", "fleet"):
+        return run_view(args, settings)
     return _run(settings)
 
 
@@ -114,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, help="exit after this many events")
     add_key_parsers(sub)
     add_remote_parsers(sub, help_config)
+    add_view_parsers(sub, help_config)
     return parser
 
 

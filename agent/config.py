@@ -22,8 +22,10 @@ __all__ = [
     "EndpointCheckConfig",
     "EndpointsProbeConfig",
     "FilesystemProbeConfig",
+    "FleetBudgetConfig",
     "HistoryConfig",
     "KmsgProbeConfig",
+    "KubernetesConfig",
     "LogConfig",
     "MqttConfig",
     "MqttOutboxConfig",
@@ -79,6 +81,7 @@ from agent.config_checks import (
     EndpointCheckConfig,
     EndpointsProbeConfig,
 )
+from agent.config_kubernetes import KubernetesConfig
 from agent.config_probes import (
     DiskioProbeConfig,
     FilesystemProbeConfig,
@@ -89,7 +92,7 @@ from agent.config_probes import (
     ProcessGroupConfig,
     UnitsProbeConfig,
 )
-from agent.config_remediation import RemediationConfig, RemediationWindow
+from agent.config_remediation import FleetBudgetConfig, RemediationConfig, RemediationWindow
 from agent.config_remote import RemoteConfig
 from agent.config_types import (
     Duration,
@@ -421,6 +424,7 @@ class AgentSettings(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     remediation: RemediationConfig = Field(default_factory=RemediationConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     rules: tuple[RuleConfig, ...] = Field(default_factory=lambda: tuple(_default_rules()))
 
     @field_validator("rules")

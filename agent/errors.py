@@ -7,6 +7,7 @@ __all__ = [
     "BusClosedError",
     "ConfigError",
     "ConfigIssue",
+    "KubernetesError",
     "ProbeError",
     "ProbeTimeoutError",
     "StoreCorruptError",
@@ -50,6 +51,18 @@ class ConfigError(AgentError):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = issues
         super().__init__("\n".join(str(issue) for issue in issues))
+
+
+class KubernetesError(AgentError):
+    """Raised when the Kubernetes API cannot be reached, refuses a request, or is not configured.
+
+    Attributes:
+        status: the HTTP status the API server answered (404, 429...), None when none came.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ProbeError(AgentError):

@@ -3,8 +3,9 @@
 :class:`MqttPublisher` keeps one connection to the first broker of ``mqtt.url`` that
 answers, failing over along the list. Each connection is a persistent session (clean
 start off, session expiry from the config) with a new session id; its Last Will is the
-retained ``{"state": "offline", "session": <id>}`` on ``nodes/<node>/status``, and the
-retained birth message ``{"state": "online", ...}`` with the same id follows the CONNACK.
+retained ``{"state": "offline", "session": <id>, "reason": "connection lost", ...}`` on
+``nodes/<node>/status``, and the retained birth message ``{"state": "online", "since": ...}``
+with the same id follows the CONNACK.
 
 Events are store-and-forward: the runtime queues each one in the SQLite outbox in the
 transaction that records it; the publisher reads the outbox oldest first and publishes
@@ -26,6 +27,7 @@ __all__ = [
     "MqttPublisher",
     "Topics",
     "format_event_line",
+    "read_retained",
     "send_command",
     "tail_events",
 ]
@@ -39,6 +41,7 @@ import secrets
 import ssl
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import aiomqtt
@@ -336,7 +339,9 @@ class MqttPublisher:
                 connected = True
                 self._session = session
                 self._connected_at = asyncio.get_running_loop().time()
-                await self._publish_state(client, _status_payload("online", session, self._version))
+                await self._publish_state(
+                    client, _status_payload("online", session, self._version, since=_now())
+                )
                 self._set_state(MqttLinkState.CONNECTED, None)
                 self._conditions_dirty = True
                 if self._commands is not None:
@@ -344,7 +349,10 @@ class MqttPublisher:
                 try:
                     await self._serve(client)
                 except _DrainedError:
-                    await self._publish_state(client, _status_payload("offline", session, None))
+                    await self._publish_state(
+                        client,
+                        _status_payload("offline", session, None, since=_now(), reason="stopped"),
+                    )
         except aiomqtt.MqttError as err:
             if not connected:
                 raise _classify(err, paho_log.last_error, broker) from err
@@ -379,7 +387,11 @@ class MqttPublisher:
             properties=properties,
             will=aiomqtt.Will(
                 self._topics.status,
-                _status_payload("offline", session, None),
+                # Written now, published by the broker whenever the link dies: it can say
+                # when the session began, not when it ended.
+                _status_payload(
+                    "offline", session, None, reason="connection lost", session_started=_now()
+                ),
                 qos=1,
                 retain=True,
             ),
@@ -570,6 +582,7 @@ class MqttPublisher:
         payload = {
             "node": self._node,
             "firing": sum(1 for c in conditions if c.state.value == "firing"),
+            "time": _now(),
             "conditions": [condition.to_json() for condition in conditions],
         }
         try:
@@ -628,11 +641,23 @@ def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _status_payload(state: str, session: str, version: str | None) -> bytes:
+def _status_payload(state: str, session: str, version: str | None, **times: str) -> bytes:
+    """A retained status message.
+
+    ``since`` (birth and clean stop), ``reason`` (``stopped``, ``connection lost``) and
+    ``session_started`` (the will) tell ``nodemedic fleet`` when and why a node went online
+    or offline.
+    """
     payload: dict[str, str] = {"state": state, "session": session}
     if version is not None:
         payload["version"] = version
+    payload.update(times)
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _now() -> str:
+    """The current time as RFC 3339 UTC, as events carry it."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -808,3 +833,69 @@ def _json_object(payload: object) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+# -- nodemedic fleet ------------------------------------------------------------------
+
+
+async def read_retained(
+    config: MqttConfig, filters: Sequence[str], *, quiet: float, limit: float
+) -> tuple[list[tuple[str, bytes]], bool]:
+    """Subscribe to ``filters`` and collect the retained messages (and any live ones).
+
+    Collecting stops once no message arrived for ``quiet`` seconds (the broker has sent
+    what it retains) or ``limit`` seconds after the subscription, whichever is first.
+
+    Returns:
+        (topic, payload) pairs in arrival order, empty payloads (cleared topics) left out,
+        and whether collecting ended quietly rather than at the limit.
+
+    Raises:
+        ConnectionError: when no broker accepts the connection, or the subscription is
+            refused (the broker's ACL).
+    """
+    failures: list[str] = []
+    for broker in config.brokers:
+        paho_log = _PahoLog()
+        client = _oneshot_client(config, broker, "fleet", paho_log)
+        try:
+            async with client:
+                granted: Sequence[int | ReasonCode] = await client.subscribe(
+                    [(topic, 1) for topic in filters]
+                )
+                refused = [
+                    t for t, code in zip(filters, granted, strict=False) if _subscribe_failed(code)
+                ]
+                if refused:
+                    raise ConnectionError(
+                        f"broker {broker} refused the subscription to {', '.join(refused)}; "
+                        "check that its ACL lets this user read them"
+                    )
+                return await _collect(client, quiet=quiet, limit=limit)
+        except aiomqtt.MqttError as err:
+            failures.append(_classify(err, paho_log.last_error, broker).reason)
+    raise ConnectionError("; ".join(failures) or "no broker configured")
+
+
+async def _collect(
+    client: aiomqtt.Client, *, quiet: float, limit: float
+) -> tuple[list[tuple[str, bytes]], bool]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    quiet_at = loop.time() + quiet
+    messages: list[tuple[str, bytes]] = []
+    incoming = aiter(client.messages)
+    while loop.time() < deadline:
+        try:
+            async with asyncio.timeout_at(min(quiet_at, deadline)):
+                message = await anext(incoming)
+        except TimeoutError:
+            return messages, quiet_at <= deadline
+        if message.retain:
+            # Live updates keep coming on a busy fleet; only the retained burst must end.
+            quiet_at = loop.time() + quiet
+        payload = message.payload
+        raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        if raw:
+            messages.append((message.topic.value, raw))
+    return messages, False

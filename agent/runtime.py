@@ -32,6 +32,7 @@ from agent.backoff import Backoff
 from agent.bus import EventBus
 from agent.config import AgentSettings
 from agent.errors import ProbeError, StoreCorruptError, StoreError
+from agent.kube_status import node_status_mirror
 from agent.model import (
     Condition,
     ConditionState,
@@ -173,6 +174,10 @@ class Agent:
                         group.create_task(
                             self._remediation.engine.consume(triggers), name="remediation"
                         )
+                    kube = node_status_mirror(self.settings, self.conditions)
+                    if kube is not None:  # NodeConditions and Events on the Kubernetes Node
+                        follow = self._bus.subscribe("kubernetes", maxsize=256)
+                        group.create_task(kube.run(follow), name="kubernetes")
                     self._check_ready()  # with no probe enabled there is nothing to wait for
             except* _StopRequestedError:
                 pass
@@ -266,7 +271,7 @@ class Agent:
         if not api.enabled:
             return
         writes = WriteApi(self._remote, self.settings.remote) if self._remote is not None else None
-        self._api = ApiServer(self, remediation=self._remediation, writes=writes)
+        self._api = ApiServer(self, remediation=self._remediation, writes=writes, bus=self._bus)
         await self._api.start(api.host, api.port)
 
     async def _wait_for_stop(self) -> None:

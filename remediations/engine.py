@@ -27,12 +27,19 @@ from agent.errors import AgentError
 from agent.model import Condition, ConditionState, Event
 from remediations.actions.base import Action, ActionServices
 from remediations.breaker import BreakerState, BreakerStatus, RunRecord, breaker_status
+from remediations.coordination import GATE as FLEET_GATE
+from remediations.coordination import FleetBudget, Slot
 from remediations.execution import Emit, RunContext, StepRunner
 from remediations.gates import DEFAULT_PROTECTED, Decision, GateInput, evaluate
 from remediations.journal import Journal
 from remediations.library import PlaybookLibrary
 from remediations.model import Mode, Playbook, RenderError, RunState, render_params
-from remediations.steps import params_problem, playbook_disruptive, step_idempotent
+from remediations.steps import (
+    on_failure_idempotent,
+    params_problem,
+    playbook_disruptive,
+    step_idempotent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,7 @@ class RemediationEngine:
         emit: records an event (type, subject, data).
         services: what actions act through.
         clock: epoch seconds (injected in tests).
+        fleet: the fleet budget disruptive runs take a slot of, or None.
     """
 
     def __init__(
@@ -70,8 +78,10 @@ class RemediationEngine:
         emit: Emit,
         services: ActionServices,
         clock: Callable[[], float] = time.time,
+        fleet: FleetBudget | None = None,
     ) -> None:
         self.library = library
+        self.fleet = fleet
         self.journal = journal
         self._config = config
         self._conditions = conditions
@@ -88,6 +98,7 @@ class RemediationEngine:
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._labels: dict[str, Mapping[str, str]] = {}
+        self._approval_timer: asyncio.TimerHandle | None = None
 
     # -- triggers ----------------------------------------------------------------------
 
@@ -269,8 +280,42 @@ class RemediationEngine:
             run.run_id,
             run.playbook,
             run.target,
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline)),
+            _utc(deadline),
         )
+        self.expire_approvals()
+
+    def expire_approvals(self) -> int:
+        """Skip every run whose approval deadline has passed, each with a ``skipped`` event.
+
+        Then arm a timer for the next deadline, so a run nobody approves ends on time
+        without anyone asking about it; :func:`~remediations.recovery.reconcile` calls
+        this at start, which also ends runs whose deadline passed while the agent was
+        down. Without a running loop (an engine driven by hand) no timer is armed.
+
+        Returns:
+            How many runs were skipped.
+        """
+        if self._approval_timer is not None:
+            self._approval_timer.cancel()
+            self._approval_timer = None
+        now = self._clock()
+        expired, next_deadline = 0, None
+        for run in self.journal.in_states((RunState.AWAITING_APPROVAL,)):
+            deadline = float(self.journal.get(f"approval_deadline:{run.run_id}") or 0.0)
+            if deadline > now:
+                next_deadline = min(deadline, next_deadline or deadline)
+                continue
+            why = f"no approval arrived before its deadline {_utc(deadline)}"
+            self.journal.transition(run.run_id, RunState.SKIPPED, now, gate="approval", reason=why)
+            self._event("skipped", run, {"phase": "approval", "gate": "approval", "reason": why})
+            log.warning("run %s (%s on %s) skipped: %s", run.run_id, run.playbook, run.target, why)
+            expired += 1
+        if next_deadline is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to arm
+                self._approval_timer = asyncio.get_running_loop().call_later(
+                    next_deadline - now, self.expire_approvals
+                )
+        return expired
 
     def approve(self, run_id: str, *, by: str) -> RunRecord:
         """Record a signed approval of a waiting run and execute it (gates checked again).
@@ -282,6 +327,11 @@ class RemediationEngine:
         waiting = {r.run_id: r for r in self.journal.in_states((RunState.AWAITING_APPROVAL,))}
         run = waiting.get(run_id)
         if run is None:
+            ended = self.journal.describe(run_id)
+            if ended is not None and ended["gate"] == "approval":  # expired at its deadline
+                raise RemediationRequestError(
+                    f"run {run_id} can no longer be approved: {ended['reason']}"
+                )
             raise RemediationRequestError(f"run {run_id} is not waiting for an approval")
         playbook = self.library.playbooks.get(run.playbook)
         now = self._clock()
@@ -330,6 +380,7 @@ class RemediationEngine:
             )
         names = ", ".join(f"{s['action']} {s['params']}" for s in steps)
         reason = f"observe mode: would run {names}"
+        self._fleet_unused(run, playbook)
         self.journal.transition(
             run.run_id, RunState.SKIPPED, self._clock(), gate="mode", reason=reason, would_run=True
         )
@@ -347,8 +398,12 @@ class RemediationEngine:
         first_step: int = 0,
         regate: bool = True,
     ) -> None:
+        slot: Slot | None = None
         try:
             if regate and not self._gate(run, playbook, "execute"):
+                return
+            go_on, slot = await self._take_slot(run, playbook, first_step)
+            if not go_on:
                 return
             dry_run = playbook.mode is Mode.DRY_RUN
             ctx = RunContext(run.run_id, playbook.name, run.target, labels, dry_run)
@@ -365,6 +420,10 @@ class RemediationEngine:
                     return
             await self._verify(run, playbook, ctx)
         except asyncio.CancelledError:
+            if self.rolls_back(run, playbook):
+                # It stays running: the next start resumes it or runs its on_failure steps.
+                log.warning("run %s stopped mid-run; the next start settles it", run.run_id)
+                raise
             # Stopped mid-run: what the current step did is unknown, so it is not resumed.
             self.journal.transition(
                 run.run_id,
@@ -374,6 +433,48 @@ class RemediationEngine:
             )
             self._event("interrupted", run, {"reason": "the agent stopped during the run"})
             raise
+        finally:
+            if slot is not None and self.fleet is not None:
+                await self.fleet.release(slot)
+
+    async def _take_slot(
+        self, run: RunRecord, playbook: Playbook, first_step: int
+    ) -> tuple[bool, Slot | None]:
+        """Whether the run goes on, and the fleet slot a disruptive enforce run took."""
+        fleet = self.fleet
+        if fleet is None or not run.disruptive or playbook.mode is not Mode.ENFORCE:
+            self._fleet_unused(run, playbook)
+            return True, None
+
+        def waiting(reason: str) -> None:
+            self._event("waiting_for_slot", run, {"reason": reason})
+
+        outcome = await fleet.acquire(run.run_id, on_wait=waiting)
+        self.journal.decide(run.run_id, "execute", [outcome.decision], self._clock())
+        if outcome.slot is not None and not (outcome.waited and first_step == 0):
+            return True, outcome.slot
+        if outcome.slot is not None:
+            # After a wait the host may have changed: every gate is asked again.
+            if self._gate(run, playbook, "execute"):
+                return True, outcome.slot
+            await fleet.release(outcome.slot)
+            return False, None
+        if first_step:
+            self.interrupt(run, f"no fleet slot to resume the run: {outcome.decision.reason}")
+        else:
+            self._skip(run, playbook, outcome.decision, "execute")
+        return False, None
+
+    def _fleet_unused(self, run: RunRecord, playbook: Playbook) -> None:
+        """Record why a disruptive run takes no fleet slot (observe or dry_run mode)."""
+        if self.fleet is None or not run.disruptive or playbook.mode is Mode.ENFORCE:
+            return
+        reason = (
+            f"{playbook.mode.value} mode: no fleet slot taken; an enforce run would take one "
+            f"({self.fleet.describe()})"
+        )
+        decision = Decision(FLEET_GATE, True, reason)
+        self.journal.decide(run.run_id, "execute", [decision], self._clock())
 
     async def _verify(self, run: RunRecord, playbook: Playbook, ctx: RunContext) -> None:
         within = playbook.verify.condition_resolved_within
@@ -507,6 +608,33 @@ class RemediationEngine:
             "run %s (%s on %s) interrupted: %s", run.run_id, run.playbook, run.target, reason
         )
 
+    def rolls_back(self, run: RunRecord, playbook: Playbook) -> bool:
+        """Whether ``run``, abandoned mid-way, runs its ``on_failure`` steps before it ends.
+
+        True when a step was attempted (something may have changed, a node drained) and
+        every ``on_failure`` step is idempotent (:func:`.steps.on_failure_idempotent`).
+        """
+        if not playbook.on_failure or not self.journal.attempts(run.run_id):
+            return False
+        labels = self._run_labels(playbook, run)
+        return on_failure_idempotent(self._actions, playbook, run.target, labels)
+
+    def roll_back(self, run: RunRecord, playbook: Playbook, reason: str) -> None:
+        """End a run abandoned mid-way: run its ``on_failure`` steps, then interrupt it."""
+        labels = self._run_labels(playbook, run)
+        ctx = RunContext(
+            run.run_id, playbook.name, run.target, labels, playbook.mode is Mode.DRY_RUN
+        )
+        self._spawn(run, playbook, labels, self._roll_back(run, playbook, ctx, reason))
+
+    async def _roll_back(
+        self, run: RunRecord, playbook: Playbook, ctx: RunContext, reason: str
+    ) -> None:
+        log.warning("run %s: %s; running its on_failure steps", run.run_id, reason)
+        for index, step in enumerate(playbook.on_failure):
+            await self._steps.run(ctx, step, phase="on_failure", index=index)
+        self.interrupt(run, f"{reason}; its on_failure steps ran")
+
     def verify_again(self, run: RunRecord, playbook: Playbook) -> None:
         """Resume a run that crashed while verifying: verification only reads."""
         labels = self._run_labels(playbook, run)
@@ -528,10 +656,21 @@ class RemediationEngine:
         return not self._tasks
 
     async def aclose(self, grace: float) -> None:
-        """Let in-flight runs finish within ``grace`` seconds, then interrupt the rest."""
-        if await self.drain(grace):
-            return
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks, timeout=1.0)
+        """Stop: in-flight runs get ``grace`` seconds, the rest are interrupted.
+
+        Then the engine leaves the fleet budget: slots still held and the membership
+        are revoked in etcd.
+        """
+        if self._approval_timer is not None:
+            self._approval_timer.cancel()
+        if not await self.drain(grace):
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0)
+        if self.fleet is not None:
+            await self.fleet.aclose()
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -220,6 +220,11 @@ class Playbook(_Frozen):
     steps: tuple[Step, ...] = Field(min_length=1)
     verify: Verify = Field(default_factory=Verify)
     on_failure: tuple[Step, ...] = ()
+    leave_drained: bool = Field(
+        default=False,
+        description="a run that drains the node (a drain.* step) leaves it drained when it "
+        "fails or is abandoned, for a human; otherwise on_failure must undrain it",
+    )
     safety: Safety = Field(default_factory=Safety)
 
     @field_validator("target")
@@ -235,6 +240,16 @@ class Playbook(_Frozen):
             raise ValueError(
                 "trigger: name at least one condition (trigger.conditions) or allow remote runs"
             )
+        drains = any(step.action.startswith("drain.") for step in self.steps)
+        undrains = any(step.action.startswith("undrain.") for step in self.on_failure)
+        if drains and not undrains and not self.leave_drained:
+            raise ValueError(
+                "the steps drain the node but on_failure does not undrain it: add "
+                "'- action: undrain.node' to on_failure so a failed or abandoned run puts the "
+                "node back, or set leave_drained: true to leave it out for a human"
+            )
+        if self.leave_drained and undrains:
+            raise ValueError("leave_drained is true but on_failure undrains the node; pick one")
         if not self.trigger.conditions and placeholders(self.target):
             raise ValueError(
                 "target uses condition labels but trigger.conditions is empty; "

@@ -11,6 +11,14 @@ For each run not in a final state:
   same conditions. Anything else (a disruptive or non-idempotent step, an ``on_failure``
   step, a resolved condition) is marked interrupted with an event saying why.
 * ``verifying``: verification only reads, so it resumes.
+* ``awaiting_approval``: still waiting until its deadline; one whose deadline passed
+  while the agent was down is skipped with an event.
+
+A ``running`` run that is not resumed but had begun its steps is *abandoned*: when its
+playbook's ``on_failure`` steps are all idempotent (``undrain.node``, ``event.escalate``)
+they run first, as for a failed run, so a node drained by a crashed run is put back (a
+playbook with ``leave_drained: true`` has no undrain there and leaves it for a human).
+A crash during those steps runs them again at the next start.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ def reconcile(engine: RemediationEngine, actions: dict[str, type[Action]]) -> in
         _settle(engine, actions, run, playbook)
     if runs:
         log.info("reconciled %d unfinished remediation runs", len(runs))
+    engine.expire_approvals()
     return len(runs)
 
 
@@ -61,8 +70,16 @@ def _settle(
         return
     attempts = engine.journal.attempts(run.run_id)
     in_flight = [a for a in attempts if a.state == "started"]
+    rolls_back = engine.rolls_back(run, playbook)
+
+    def end(reason: str) -> None:
+        if rolls_back:
+            engine.roll_back(run, playbook, reason)
+        else:
+            engine.interrupt(run, reason)
+
     if any(a.phase == "on_failure" for a in attempts):
-        engine.interrupt(run, "the agent restarted while the on_failure steps ran")
+        end("the agent restarted while the on_failure steps ran")
         return
     done = {a.step for a in attempts if a.phase == "steps" and a.state == "succeeded"}
     if in_flight:
@@ -73,10 +90,9 @@ def _settle(
             else False
         )
         if not same or not engine.step_idempotent(playbook, step, run.target):
-            engine.interrupt(
-                run,
+            end(
                 f"the agent restarted during step {step} ({in_flight[-1].action}), which is not "
-                "idempotent; it is not repeated",
+                "idempotent; it is not repeated"
             )
             return
     else:
@@ -84,7 +100,7 @@ def _settle(
     paused = engine.paused()
     if not firing or paused is not None:
         why = "the condition no longer fires" if not firing else f"remediation is paused ({paused})"
-        engine.interrupt(run, f"the agent restarted during the run and {why}; it is not resumed")
+        end(f"the agent restarted during the run and {why}; it is not resumed")
         return
     log.info("run %s resumes at step %d after a restart", run.run_id, step)
     engine.resume(run, playbook, first_step=step, regate=False)

@@ -21,12 +21,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from pydantic import ValidationError
 
-from agent.config import AgentSettings, ProcessGroupConfig
+from agent.config import AgentSettings, KubernetesConfig, ProcessGroupConfig
+from agent.config_drain import DrainConfig
 from agent.model import Condition
 from agent.store import Store
 from remediations.action_catalog import available_actions
 from remediations.actions.base import Action
 from remediations.actions.processes import ProcessMatch
+from remediations.coordination import FleetBudget
 from remediations.engine import RemediationEngine, RemediationRequestError
 from remediations.execution import Emit
 from remediations.journal import Journal
@@ -88,6 +90,8 @@ class _Services:
     protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
     systemd_bus: str | None = None
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record an event."""
@@ -119,6 +123,8 @@ class RemediationService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._actions = dict(actions)
+        budget = settings.remediation.fleet_budget
+        fleet = FleetBudget(budget, node=settings.node.name, emit=emit) if budget.enabled else None
         self.engine = RemediationEngine(
             library=library,
             actions=actions,
@@ -131,12 +137,18 @@ class RemediationService:
                 emit_event=emit,
                 systemd_bus=settings.probes.units.bus,
                 process_groups=process_matches(settings.probes.processes.groups),
+                kubernetes=settings.kubernetes,
+                drain=settings.remediation.drain,
             ),
             clock=clock,
+            fleet=fleet,
         )
 
     def reconcile(self) -> int:
-        """Settle runs a crash left unfinished; call once the loop runs."""
+        """Join the fleet budget and settle runs a crash left unfinished; call once the
+        loop runs (the engine's ``aclose`` leaves the budget)."""
+        if self.engine.fleet is not None:
+            self.engine.fleet.start()
         return reconcile(self.engine, self._actions)
 
     # API view
@@ -217,6 +229,11 @@ class RemediationService:
             "nodemedic_remediation_would_runs_total",
             "nodemedic_remediation_breaker_state",
             "nodemedic_remediation_paused",
+            "nodemedic_remediation_fleet_slots_held",
+            "nodemedic_remediation_fleet_slots_in_use",
+            "nodemedic_remediation_fleet_budget",
+            "nodemedic_remediation_fleet_acquire_failures_total",
+            "nodemedic_remediation_fleet_slots_lost_total",
         }
     )
     """The series :meth:`collect` exports (counters with their ``_total``)."""
@@ -251,3 +268,35 @@ class RemediationService:
         yield GaugeMetricFamily(
             "nodemedic_remediation_paused", "1 while remediation is paused.", value=paused
         )
+        if self.engine.fleet is not None:
+            yield from _fleet_families(self.engine.fleet)
+
+
+def _fleet_families(fleet: FleetBudget) -> Iterator[Metric]:
+    """The fleet budget's slots, budget and refusals (only when the budget is enabled)."""
+    stats = fleet.stats
+    gauges = (
+        ("slots_held", "Fleet budget slots this agent holds now.", stats.held),
+        ("slots_in_use", "Fleet budget slots held in the group at the last read.", stats.in_use),
+        ("budget", "The group's fleet budget (slots) at the last read.", stats.budget),
+    )
+    for name, text, value in gauges:
+        family = GaugeMetricFamily(f"nodemedic_remediation_fleet_{name}", text, labels=["group"])
+        family.add_metric([fleet.group], value)
+        yield family
+    failures = CounterMetricFamily(
+        "nodemedic_remediation_fleet_acquire_failures",
+        "Disruptive runs refused a fleet slot, by cause (budget_full, etcd_unreachable, "
+        "etcd_refused).",
+        labels=["group", "cause"],
+    )
+    for cause in ("budget_full", "etcd_unreachable", "etcd_refused"):
+        failures.add_metric([fleet.group, cause], stats.failures[cause])
+    yield failures
+    lost = CounterMetricFamily(
+        "nodemedic_remediation_fleet_slots_lost",
+        "Fleet slots whose lease expired while held (etcd unreachable for a lease TTL).",
+        labels=["group"],
+    )
+    lost.add_metric([fleet.group], stats.lost)
+    yield lost

@@ -10,7 +10,13 @@ These answers come from the rendered, validated params through
 
 from __future__ import annotations
 
-__all__ = ["params_problem", "playbook_disruptive", "step_idempotent", "step_params"]
+__all__ = [
+    "on_failure_idempotent",
+    "params_problem",
+    "playbook_disruptive",
+    "step_idempotent",
+    "step_params",
+]
 
 from collections.abc import Mapping
 
@@ -101,3 +107,27 @@ def step_idempotent(
     except (RenderError, ValidationError):
         return False
     return found is not None and is_idempotent(*found)
+
+
+def on_failure_idempotent(
+    actions: Mapping[str, type[Action]],
+    playbook: Playbook,
+    target: str,
+    labels: Mapping[str, str],
+) -> bool:
+    """Whether the playbook has ``on_failure`` steps and each may run without knowing the state.
+
+    Such steps (``undrain.node``, ``event.escalate``) are what a run abandoned mid-way
+    (the agent crashed or stopped) runs before it is marked interrupted: how far the run
+    got is unknown, so only steps that are safe to run twice, or for nothing, qualify.
+    """
+    if not playbook.on_failure:
+        return False
+    for step in playbook.on_failure:
+        try:
+            found = step_params(actions, step, target, labels)
+        except (RenderError, ValidationError):
+            return False
+        if found is None or not is_idempotent(*found):
+            return False
+    return True

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.config_drain import DrainConfig
+from agent.config_kubernetes import KubernetesConfig
 from remediations.actions.base import ActionContext
 from remediations.actions.processes import ProcessMatch
 
@@ -21,6 +23,8 @@ class RecordingServices:
     protected_pids: frozenset[int] = field(default_factory=lambda: frozenset({1, os.getpid()}))
     systemd_bus: str | None = None
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
     emitted: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:

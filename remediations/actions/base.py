@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict
 from agent.errors import AgentError
 
 if TYPE_CHECKING:  # processes.py imports this module through fields.py
+    from agent.config_drain import DrainConfig
+    from agent.config_kubernetes import KubernetesConfig
     from remediations.actions.processes import ProcessMatch
 
 
@@ -75,6 +77,11 @@ class ActionServices(Protocol):
 
     process_groups: Mapping[str, ProcessMatch]
     """The ``processes`` probe's groups by name, as ``process.signal`` matches them."""
+
+    kubernetes: KubernetesConfig
+    """The ``kubernetes`` section: the API, the Node's name and the drain policy."""
+    drain: DrainConfig
+    """``remediation.drain``: how ``drain.node`` takes this node out of service."""
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
         """Record an event (``event.escalate`` uses it)."""

@@ -13,11 +13,20 @@ from types import MappingProxyType
 
 from pydantic import BaseModel
 
-from remediations.actions import disk, event, journald, process, systemd
+from remediations.actions import (
+    disk,
+    drain,
+    event,
+    haproxy,
+    journald,
+    kubernetes,
+    process,
+    systemd,
+)
 from remediations.actions import exec as exec_action
 from remediations.actions.base import Action, ActionError
 
-_MODULES = (disk, event, exec_action, journald, process, systemd)
+_MODULES = (disk, drain, event, exec_action, haproxy, journald, kubernetes, process, systemd)
 
 
 def _collect() -> Mapping[str, type[Action]]:

@@ -189,3 +189,42 @@ def test_dockerfile_runs_the_console_script_as_a_non_root_user() -> None:
     assert uid != 0
     # The DaemonSet passes the same arguments the image would.
     assert _agent_container()["args"] == ["run", "--config", "/etc/nodemedic/nodemedic.yaml"]
+
+
+def test_the_agents_account_may_do_exactly_what_the_kubernetes_integration_does() -> None:
+    role = _kind("ClusterRole")
+    binding = _kind("ClusterRoleBinding")
+    account = _kind("ServiceAccount")
+    pod = _kind("DaemonSet")["spec"]["template"]["spec"]
+
+    granted = {
+        (resource, verb)
+        for rule in role["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    # agent/kube_client.py: get/cordon the Node, patch its status, list and read pods,
+    # evict (never delete) them, create Events.
+    assert granted == {
+        ("nodes", "get"),
+        ("nodes", "patch"),
+        ("nodes/status", "patch"),
+        ("pods", "get"),
+        ("pods", "list"),
+        ("pods/eviction", "create"),
+        ("events", "create"),
+    }
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True

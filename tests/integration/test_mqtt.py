@@ -254,7 +254,8 @@ async def test_events_arrive_in_order_as_cloudevents_with_retained_status_and_wi
     assert topics[0] == f"{prefix}/nodes/node-a/events/io.nodemedic.agent.started"
 
     status = await retained(mosquitto, f"{prefix}/nodes/node-a/status")
-    assert set(status) == {"state", "session", "version"}
+    assert set(status) == {"state", "session", "version", "since"}
+    assert RFC3339.match(status["since"])
     assert status["state"] == "online"
     session = status["session"]
     conditions = await retained(mosquitto, f"{prefix}/nodes/node-a/conditions")
@@ -277,7 +278,13 @@ async def test_events_arrive_in_order_as_cloudevents_with_retained_status_and_wi
         "the offline will",
     )
     will = await retained(mosquitto, f"{prefix}/nodes/node-a/status")
-    assert will == {"state": "offline", "session": session}
+    assert will == {
+        "state": "offline",
+        "session": session,
+        "reason": "connection lost",
+        "session_started": will["session_started"],
+    }
+    assert RFC3339.match(will["session_started"])
     await subscriber.stop()
 
 
@@ -312,6 +319,7 @@ async def test_a_clean_stop_flushes_and_publishes_offline_without_the_will(
     assert status["state"] == "offline"
     statuses = [json.loads(p) for t, p, _ in subscriber.messages if t.endswith("/status")]
     assert [s["state"] for s in statuses] == ["online", "offline"]  # no will on top
+    assert statuses[1]["reason"] == "stopped"
     assert statuses[0]["session"] == statuses[1]["session"]
     assert subscriber.unique_sequences() == list(range(1, len(subscriber.unique_sequences()) + 1))
     await subscriber.stop()

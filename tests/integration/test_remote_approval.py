@@ -114,16 +114,21 @@ def test_a_waiting_run_runs_only_on_a_signed_approval_in_time(
     [approved] = events(agent, "io.nodemedic.remediation.approved")
     assert "approver" in approved["data"]["by"]
 
-    # Past its deadline a run cannot be approved any more; it is skipped.
+    # At its deadline a run nobody approved is skipped with an event; it cannot be
+    # approved any more.
     late = runner.sign(playbook="gated-short", params={"note": "late"})
     [reply] = send(broker, late, node="web-1")
     late_run = reply["run_id"]
-    deadline = _awaiting(agent, late_run)["data"]["deadline"]
-    time.sleep(max(0.0, deadline - time.time()) + 0.5)
+    assert _awaiting(agent, late_run)["data"]["deadline"] > time.time() - 5
+    until(lambda: _state(agent, late_run) == "skipped", "the run skipped at its deadline", agent)
+    [skipped] = [
+        e for e in events(agent, "io.nodemedic.remediation.skipped") if e["data"]["run"] == late_run
+    ]
+    assert skipped["data"]["gate"] == "approval"
+    assert "no approval arrived before its deadline" in skipped["data"]["reason"]
     [reply] = send(broker, approver.sign(kind="approve", run_id=late_run), node="web-1")
     assert (reply["ok"], reply["reason"]) == (False, "unknown_run"), reply
-    assert "deadline passed" in reply["detail"]
-    assert _state(agent, late_run) == "skipped"
+    assert "no approval arrived before its deadline" in reply["detail"]
     assert [line["run"] for line in read_log(log)] == [run_id]
     assert healthy(agent)
     agent.stop()

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from agent.config_drain import DrainConfig
+from agent.config_kubernetes import KubernetesConfig
 from remediations.actions.base import ActionContext, ActionError
 from remediations.actions.processes import ProcessMatch
 from remediations.actions.systemd import (
@@ -39,6 +41,8 @@ class _Services:
     node: str = "test-node"
     protected_pids: frozenset[int] = frozenset({1})
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
     events: list[tuple[str, str | None, Mapping[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import RemediationConfig
+from agent.config import KubernetesConfig, RemediationConfig
+from agent.config_drain import DrainConfig
 from agent.model import Condition, ConditionState, Event, Severity, labelset
 from agent.store import Store
 from remediations.actions.base import Action
 from remediations.actions.processes import ProcessMatch
+from remediations.coordination import FleetBudget
 from remediations.engine import RemediationEngine
 from remediations.journal import Journal
 from remediations.library import PlaybookLibrary
@@ -51,6 +53,8 @@ class _Services:
     protected_pids: frozenset[int] = frozenset({1})
     systemd_bus: str | None = None
     process_groups: Mapping[str, ProcessMatch] = field(default_factory=dict)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
     emitted: list[tuple[str, str | None, Mapping[str, Any]]] = field(default_factory=list)
 
     def emit(self, type: str, subject: str | None, data: Mapping[str, Any]) -> None:
@@ -66,8 +70,10 @@ class EngineRig:
         playbooks: list[Playbook],
         *,
         actions: Mapping[str, type[Action]] = remediation_actions.ACTIONS,
+        fleet: FleetBudget | None = None,
         **config: Any,
     ) -> None:
+        self.fleet = fleet
         self.directory = directory
         self.actions = dict(actions)
         self.now = T0
@@ -90,6 +96,7 @@ class EngineRig:
             emit=lambda t, s, d: self.events.append((t, d)),
             services=self.services,
             clock=lambda: self.now,
+            fleet=self.fleet,
         )
 
     def fire(self, target: str, rule: str = "filesystem-full") -> None:

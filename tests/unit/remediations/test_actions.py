@@ -22,6 +22,10 @@ from tests.actions import RecordingServices, step
 def test_every_action_is_registered_by_its_name() -> None:
     assert list(ACTIONS) == [
         "disk.cleanup",
+        "drain.exec",
+        "drain.haproxy",
+        "drain.kubernetes",
+        "drain.node",
         "event.escalate",
         "exec",
         "journal.vacuum",
@@ -31,6 +35,10 @@ def test_every_action_is_registered_by_its_name() -> None:
         "systemd.restart_unit",
         "systemd.start_unit",
         "systemd.stop_unit",
+        "undrain.exec",
+        "undrain.haproxy",
+        "undrain.kubernetes",
+        "undrain.node",
     ]
     for name, cls in ACTIONS.items():
         assert cls.name == name
@@ -45,9 +53,11 @@ def test_an_unknown_action_lists_the_known_ones() -> None:
     with pytest.raises(UnknownActionError) as err:
         get_action("systemd.restart")
     assert str(err.value) == (
-        "unknown action 'systemd.restart'; known actions: disk.cleanup, event.escalate, "
-        "exec, journal.vacuum, process.signal, systemd.reload_unit, systemd.reset_failed, "
-        "systemd.restart_unit, systemd.start_unit, systemd.stop_unit"
+        "unknown action 'systemd.restart'; known actions: disk.cleanup, drain.exec, "
+        "drain.haproxy, drain.kubernetes, drain.node, event.escalate, exec, journal.vacuum, "
+        "process.signal, systemd.reload_unit, systemd.reset_failed, systemd.restart_unit, "
+        "systemd.start_unit, systemd.stop_unit, undrain.exec, undrain.haproxy, "
+        "undrain.kubernetes, undrain.node"
     )
 
 

@@ -45,6 +45,7 @@ def test_builtins_ship_in_observe_mode_and_wait_for_their_rules_and_actions() ->
     library = load_playbooks(None, actions=ACTIONS, rules=RULES)
     names = set(library.playbooks) | set(library.dormant)
     assert names == {
+        "drain-on-hardware-error",
         "restart-failed-unit",
         "restart-unit-failing-check",
         "clean-full-filesystem",
@@ -116,6 +117,7 @@ def test_every_builtin_validates_against_the_real_actions_and_default_rules() ->
     actions, library = load_library(settings)
     assert library.dormant == {}
     assert set(library.playbooks) == {
+        "drain-on-hardware-error",
         "restart-failed-unit",
         "restart-unit-failing-check",
         "clean-full-filesystem",
@@ -127,6 +129,7 @@ def test_every_builtin_validates_against_the_real_actions_and_default_rules() ->
         assert set(playbook.trigger.conditions) <= rules
         # Every step renders and validates for a plausible target of its rule.
         target = {
+            "drain-on-hardware-error": "node",
             "restart-failed-unit": "nginx.service",
             "restart-unit-failing-check": "nginx.service",
             "clean-full-filesystem": "/var",
