@@ -44,14 +44,19 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    # cryptography costs about 7.5 MB of resident memory: imported only when a key is
+    # loaded, generated or used (remote commands configured), not by every agent.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 MAX_COMMAND_BYTES = 16 * 1024
 """Largest command payload read at all; anything bigger is rejected unparsed."""
@@ -279,6 +284,8 @@ def verify_command(
         raise CommandRejectedError(
             Rejection.UNKNOWN_KEY, f"key {command.key_id!r} is not trusted", **ids
         )
+    from cryptography.exceptions import InvalidSignature  # loaded with the key already
+
     try:
         key.public_key.verify(signature, command.canonical())
     except InvalidSignature:
@@ -419,6 +426,9 @@ def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     Raises:
         FileExistsError: when either file exists (a key is never overwritten).
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     directory.mkdir(parents=True, exist_ok=True)
     private = Ed25519PrivateKey.generate()
     key_path = directory / f"{name}.key"
@@ -446,6 +456,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         ValueError: when the file is not an Ed25519 private key.
         OSError: when it cannot be read.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path}: not an Ed25519 private key")  # noqa: TRY004 (bad input file)
@@ -464,6 +477,8 @@ def load_public_key(text: str) -> Ed25519PublicKey:
         raise ValueError(f"not base64: {err}") from None
     if len(raw) != 32:
         raise ValueError(f"an Ed25519 public key is 32 bytes, this is {len(raw)}")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     return Ed25519PublicKey.from_public_bytes(raw)
 
 

@@ -7,17 +7,24 @@ metric catalog.
 
 from __future__ import annotations
 
-__all__ = ["AGENT_METRIC_NAMES", "PROCESS_METRIC_NAMES", "AgentCollector", "build_registry"]
+__all__ = [
+    "AGENT_METRIC_NAMES",
+    "PROCESS_METRIC_NAMES",
+    "AgentCollector",
+    "MetricsRegistry",
+    "build_registry",
+]
 
 import logging
 import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from agent import __version__
+from agent.metrics_text import MetricsRegistry, SampleExposition
 from agent.model import (
     Condition,
     ConditionState,
@@ -76,17 +83,16 @@ PROCESS_METRIC_NAMES: frozenset[str] = frozenset(
 _Family = GaugeMetricFamily | CounterMetricFamily
 
 
-def build_registry(view: AgentView) -> CollectorRegistry:
+def build_registry(view: AgentView) -> MetricsRegistry:
     """A fresh registry (never the process-global one) exposing ``view``.
 
     Args:
         view: the agent state to read at every scrape.
 
     Returns:
-        A registry holding one :class:`AgentCollector`.
+        A registry holding one :class:`AgentCollector` and the process collector.
     """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(view))
+    registry = MetricsRegistry(AgentCollector(view))
     # The agent's own CPU and memory, for the dashboard and the overhead it promises.
     ProcessCollector(registry=registry)
     return registry
@@ -111,6 +117,7 @@ class AgentCollector:
     def __init__(self, view: AgentView, *, catalog: Mapping[str, MetricSpec] = CATALOG) -> None:
         self._view = view
         self._catalog = {name: spec for name, spec in catalog.items() if _exposable(name, spec)}
+        self._text = SampleExposition(self._catalog)
         self._probe_up_help = (
             catalog[_PROBE_UP].help
             if _PROBE_UP in catalog
@@ -119,12 +126,34 @@ class AgentCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Yield every family, read from the view now."""
+        sampled: dict[str, float] = {}
+        yield from self._sample_families(self._view.latest_samples(), sampled)
+        yield from self.state_families(sampled)
+
+    def render_samples(self) -> tuple[str, dict[str, float]]:
+        """The sample families as exposition text (what :meth:`collect` yields first).
+
+        Returns:
+            The text, and ``nodemedic_probe_up`` readings found among the samples, for
+            :meth:`state_families`.
+        """
+        text, sampled_up, skipped = self._text.render(self._view.latest_samples())
+        _log_skipped(skipped, self._catalog)
+        return text, sampled_up
+
+    def state_families(self, sampled_up: Mapping[str, float]) -> Iterator[Metric]:
+        """The families derived from agent state (what :meth:`collect` yields after samples).
+
+        Args:
+            sampled_up: probe_up readings found among the samples, by probe.
+        """
         view = self._view
         statuses = view.probe_statuses()
         # Probe statuses are authoritative for probe_up; a sample of it only fills in
         # probes without a status, so every probe has exactly one series.
         probe_up = {status.name: 1.0 if status.up else 0.0 for status in statuses}
-        yield from self._sample_families(view.latest_samples(), probe_up)
+        for probe, value in sampled_up.items():
+            probe_up.setdefault(probe, value)
         yield from _probe_families(statuses, probe_up, self._probe_up_help)
         yield from _condition_families(view.conditions())
         events = CounterMetricFamily(
@@ -166,6 +195,7 @@ class AgentCollector:
     def _sample_families(
         self, samples: Iterable[Sample], probe_up: dict[str, float]
     ) -> list[_Family]:
+        """The families of the samples; fills ``probe_up`` from samples of it."""
         catalog = self._catalog
         series: dict[str, dict[tuple[str, ...], float]] = {}
         unknown: set[str] = set()
@@ -188,12 +218,7 @@ class AgentCollector:
                 rows = series[name] = {}
             # A repeated series keeps its last value: duplicates would fail the scrape.
             rows[values] = sample.value
-        if unknown:
-            log.debug("skipped samples of metrics not in the catalog: %s", sorted(unknown))
-        if mislabelled:
-            log.debug(
-                "skipped samples whose labels differ from the catalog's: %s", sorted(mislabelled)
-            )
+        _log_skipped(unknown | mislabelled, catalog)
         families: list[_Family] = []
         for name, rows in series.items():
             family = _family(catalog[name])
@@ -201,6 +226,15 @@ class AgentCollector:
                 family.add_metric(values, value)
             families.append(family)
         return families
+
+
+def _log_skipped(skipped: set[str], catalog: Mapping[str, MetricSpec]) -> None:
+    unknown = sorted(name for name in skipped if name not in catalog)
+    mislabelled = sorted(name for name in skipped if name in catalog)
+    if unknown:
+        log.debug("skipped samples of metrics not in the catalog: %s", unknown)
+    if mislabelled:
+        log.debug("skipped samples whose labels differ from the catalog's: %s", mislabelled)
 
 
 def _exposable(name: str, spec: MetricSpec) -> bool:

@@ -44,6 +44,9 @@ _PENDING = ConditionState.PENDING
 _FIRING = ConditionState.FIRING
 _RESOLVED = ConditionState.RESOLVED
 
+_MATCH_MEMO_SIZE = 50_000
+"""Series whose matching rules are remembered before the memo starts over."""
+
 _Step = tuple[Condition, str | None, bool]
 """A condition after one sample: the new condition, the reason if its state changed, flapping."""
 
@@ -137,6 +140,7 @@ class ConditionTracker:
             compiled = CompiledRule.of(rule)
             self._compiled[rule.name] = compiled
             self._by_metric.setdefault(rule.metric, []).append(compiled)
+        self._matching: dict[tuple[str, LabelSet], tuple[CompiledRule, ...]] = {}
         self._tables: dict[str, dict[LabelSet, Condition]] = {name: {} for name in self._compiled}
         self._retiring: dict[ConditionKey, tuple[Condition, str, RuleConfig | None]] = {}
         for cond in restored:
@@ -178,21 +182,36 @@ class ConditionTracker:
             The state changes, sorted by (rule, labels).
         """
         latest: dict[tuple[str, LabelSet], float] = {}
+        by_metric = self._by_metric
         for sample in samples:
-            if sample.metric in self._by_metric:
+            if sample.metric in by_metric:
                 latest[sample.metric, sample.labels] = sample.value
         out: list[Transition] = []
         seen: set[ConditionKey] = set()
-        for (metric, labels), value in latest.items():
-            for compiled in self._by_metric[metric]:
-                if compiled.matches(labels):
-                    seen.add((compiled.rule.name, labels))
-                    self._evaluate(compiled, labels, value, now, out)
+        for series, value in latest.items():
+            labels = series[1]
+            for compiled in self._rules_matching(series):
+                seen.add((compiled.rule.name, labels))
+                self._evaluate(compiled, labels, value, now, out)
         for metric in metrics:
             for compiled in self._by_metric.get(metric, ()):
                 self._drop_gone(compiled.rule, seen, now, out)
         out.sort(key=lambda transition: transition.condition.key)
         return out
+
+    def waiting(self, metrics: Iterable[str]) -> bool:
+        """Whether a condition of a rule over one of ``metrics`` waits on time alone.
+
+        That is one pending for its rule's ``for``, or a flapping one firing while it waits
+        to stay clear (``pending_since`` set): observing the same readings again later can
+        move it, while every other condition moves only on a new reading.
+        """
+        for metric in metrics:
+            for compiled in self._by_metric.get(metric, ()):
+                for cond in self._tables[compiled.rule.name].values():
+                    if cond.pending_since is not None:
+                        return True
+        return False
 
     def retire_removed(self, now: float) -> list[Transition]:
         """Drop restored conditions whose rule is gone (or no longer matches their series).
@@ -214,6 +233,22 @@ class ConditionTracker:
         self._retiring.clear()
         out.sort(key=lambda transition: transition.condition.key)
         return out
+
+    def _rules_matching(self, series: tuple[str, LabelSet]) -> tuple[CompiledRule, ...]:
+        """The rules over the series' metric whose labels it satisfies, remembered per series.
+
+        Label matching (regexes included) is the costly part of a sample; a series keeps its
+        labels, so the answer is computed once. The memo is dropped whole when it outgrows
+        :data:`_MATCH_MEMO_SIZE` (series that come and go, e.g. per-process labels).
+        """
+        found = self._matching.get(series)
+        if found is None:
+            if len(self._matching) >= _MATCH_MEMO_SIZE:
+                self._matching.clear()
+            labels = series[1]
+            found = tuple(c for c in self._by_metric[series[0]] if c.matches(labels))
+            self._matching[series] = found
+        return found
 
     def _evaluate(
         self,
@@ -245,7 +280,7 @@ class ConditionTracker:
         """The condition after seeing ``value``, the reason if its state changed, flapping."""
         if cond.state is _FIRING:
             return self._while_firing(compiled, cond, value, now)
-        hold = format_duration(compiled.hold)
+        hold = compiled.hold_text
         if cond.state is _PENDING:
             if not compiled.breach(value):
                 reason = f"{compiled.lapsed(value)}; cleared before the {hold} hold time"

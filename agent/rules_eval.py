@@ -39,6 +39,7 @@ class CompiledRule:
         patterns: labels whose value must fully match a regex (``~`` values in the config).
         clear: the value a firing condition must cross to resolve (the threshold if unset).
         hold: the rule's ``for`` in seconds.
+        hold_text: ``hold`` as a duration is written in the config (``2m``), for reasons.
     """
 
     rule: RuleConfig
@@ -46,6 +47,7 @@ class CompiledRule:
     patterns: tuple[tuple[str, re.Pattern[str]], ...]
     clear: float
     hold: float
+    hold_text: str
     _compare: Callable[[float, float], bool]
 
     @classmethod
@@ -54,7 +56,8 @@ class CompiledRule:
         exact = tuple((k, v) for k, v in rule.labels.items() if not v.startswith("~"))
         patterns = tuple((k, re.compile(v[1:])) for k, v in rule.labels.items() if v[:1] == "~")
         clear = rule.threshold if rule.clear is None else rule.clear
-        return cls(rule, exact, patterns, clear, rule.for_.total_seconds(), _COMPARE[rule.op])
+        hold = rule.for_.total_seconds()
+        return cls(rule, exact, patterns, clear, hold, format_duration(hold), _COMPARE[rule.op])
 
     def matches(self, labels: LabelSet) -> bool:
         """Whether a series' labels satisfy the rule's; a missing label reads as ""."""

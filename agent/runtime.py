@@ -65,6 +65,7 @@ MQTT_GRACE = 1.5
 
 PROBE_UP = "nodemedic_probe_up"
 OUTBOX_USED = "nodemedic_mqtt_outbox_used_ratio"
+_PROBE_UP_METRICS = frozenset({PROBE_UP})
 _LAG_PERIOD = 0.5
 _AGENT_SAMPLE_PERIOD = 1.0
 _WATCH_RETRY_MIN = 0.5
@@ -110,6 +111,8 @@ class Agent:
             for probe in self._probes
         }
         self._progress: dict[str, float] = {}
+        self._push = frozenset(probe.name for probe in self._probes if is_push(probe))
+        self._holds_waiting = asyncio.Event()
         self._event_counts: Counter[str] = Counter()
         self._lag = 0.0
         self._last_status_line = ""
@@ -304,15 +307,11 @@ class Agent:
 
     async def _probe_loop(self, probe: Probe) -> None:
         loop = asyncio.get_running_loop()
-        next_run = loop.time()
         while True:
             await self._run_probe(probe)
-            self._progress[probe.name] = loop.time()
-            next_run += probe.interval
             now = loop.time()
-            if next_run < now:  # overran: skip the missed slots instead of bursting
-                next_run = now + probe.interval
-            await asyncio.sleep(next_run - now)
+            self._progress[probe.name] = now
+            await asyncio.sleep(_next_slot(now, probe.interval) - now)
 
     def _loop_of(self, probe: AnyProbe) -> Coroutine[Any, Any, None]:
         if is_push(probe):
@@ -350,14 +349,23 @@ class Agent:
         """
         push = [p.name for p in self._probes if is_push(p)]
         while True:
+            # Asleep until a push probe's reading leaves a condition waiting (see _record).
+            await self._holds_waiting.wait()
             await asyncio.sleep(_HOLD_TICK)
             tracker = self._require_tracker()
-            if not any(c.pending_since is not None for c in tracker.conditions()):
+            if not any(tracker.waiting(self._covered[name]) for name in push):
+                self._holds_waiting.clear()
                 continue
             now = self._clock()
             transitions: list[Transition] = []
             for name in push:
-                if self._status[name].error is None and name in self._latest:
+                # Only a probe with a condition waiting on time: the others' readings were
+                # observed when they came and would change nothing (the profile's top cost).
+                if (
+                    self._status[name].error is None
+                    and name in self._latest
+                    and tracker.waiting(self._covered[name])
+                ):
                     transitions += tracker.observe(self._covered[name], self._latest[name], now)
             self._apply(transitions)
 
@@ -404,8 +412,13 @@ class Agent:
             finite = [s for s in samples if math.isfinite(s.value)]
             self._latest[name] = finite
             transitions += tracker.observe(self._covered[name], finite, now)
-        self._probe_up[name] = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=name)
-        transitions += tracker.observe({PROBE_UP}, list(self._probe_up.values()), now)
+            if name in self._push and tracker.waiting(self._covered[name]):
+                self._holds_waiting.set()
+        up = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=name)
+        # Unchanged readings move only conditions that wait on time; skip the rest.
+        if self._probe_up.get(name) != up or tracker.waiting(_PROBE_UP_METRICS):
+            self._probe_up[name] = up
+            transitions += tracker.observe(_PROBE_UP_METRICS, list(self._probe_up.values()), now)
         self._apply(transitions)
         self._check_ready()
 
@@ -538,8 +551,10 @@ class Agent:
     async def _measure_lag(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            expected = loop.time() + _LAG_PERIOD
-            await asyncio.sleep(_LAG_PERIOD)
+            # On the probes' grid (see _next_slot), so it shares their wake-ups.
+            now = loop.time()
+            expected = _next_slot(now, _LAG_PERIOD)
+            await asyncio.sleep(expected - now)
             self._lag = max(0.0, loop.time() - expected)
 
     def _update_status_line(self) -> None:
@@ -641,6 +656,18 @@ class Agent:
     def bus(self) -> EventBus:
         """The event bus (subscribe to follow events in-process)."""
         return self._bus
+
+
+def _next_slot(now: float, interval: float) -> float:
+    """When a probe that finished at ``now`` runs next: the next multiple of its interval.
+
+    Runs fall on multiples of the interval on the loop's clock, so probes sharing an
+    interval (or with intervals that divide each other) wake the loop once between them
+    rather than once each: every wake-up costs more CPU than a small probe's reading.
+    At least half an interval separates two runs (rates need a window); a run that
+    overran skips the slots it missed instead of bursting.
+    """
+    return (math.floor((now + interval / 2) / interval) + 1) * interval
 
 
 def _move_aside(path: Path, now: float) -> Path:

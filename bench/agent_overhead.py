@@ -1,138 +1,178 @@
-"""What the agent costs a host: CPU per sampling cycle and RSS with the default probes.
+"""What the agent costs a host, beside Prometheus node_exporter in the same run.
 
-Starts ``nodemedic run`` with every default probe at a 1 s interval (the default rules,
-the API on a loopback port scraped once a second, as Prometheus would), lets it warm up,
-then reads the agent's CPU time and RSS from /proc over the measurement window.
-Prints a table and writes bench/results/agent_overhead.json.
+For each count of extra processes (``/bin/sleep`` children, 0, 100, 500 and 2,000 by
+default) it starts, side by side:
 
-Usage: python -m bench.agent_overhead [--seconds 60] [--repeat 3]
+* ``nodemedic run`` with every probe at a 1 s interval and the default rules, its API on
+  a loopback port scraped every ``--scrape`` seconds (15 s, as Prometheus is usually set);
+  with extra processes, a process group (``cmdline``) watches all of them;
+* Debian's ``prometheus-node-exporter`` with its default collectors on a loopback port,
+  scraped once a second (the issue's reference: what a host pays for node metrics).
+
+After a warm-up, both processes' CPU time (every thread, from /proc, so other load on the
+machine does not count) and RSS are read over the same ``--seconds`` window. Each count
+is repeated ``--repeat`` times; the table shows medians, with the ratio agent/node_exporter.
+
+Prints a table and writes bench/results/agent_overhead.json. ``NODEMEDIC_BENCH_AGENT``
+names another ``nodemedic`` executable to measure (an older build, for a before/after).
+
+Usage: python -m bench.agent_overhead [--counts 0 100 500 2000] [--seconds 60]
+       [--repeat 3] [--scrape 15] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import socket
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from agent.probes.catalog import PROBE_NAMES
+from bench.common import (
+    cpu_seconds,
+    free_port,
+    get,
+    node_exporter,
+    rss_bytes,
+    series_count,
+    sleepers,
+    stop,
+    wait_until_served,
+    write_result,
+)
+
+WARMUP = 5.0
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def agent_config(state: Path, port: int, tag: str | None) -> dict[str, Any]:
+    """Every probe at 1 s; a process group over the sleepers named ``tag`` if given."""
+    probes: dict[str, Any] = {name: {"interval": "1s"} for name in PROBE_NAMES}
+    if tag is not None:
+        probes["processes"]["groups"] = [{"name": "bench", "cmdline": f"^{tag} "}]
+    return {
+        "state_dir": str(state),
+        "api": {"listen": f"127.0.0.1:{port}"},
+        "log": {"level": "warning"},
+        "probes": probes,
+    }
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of ``pid`` in nanosecond resolution (schedstat), in seconds.
-
-    /proc/PID/stat counts in clock ticks (10 ms), too coarse for a process that uses a
-    few milliseconds a second.
-    """
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
-            continue
-    return total / 1e9
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback only
-        return len(resp.read())
-
-
-def measure(seconds: float, warmup: float, *, scrape: bool) -> dict[str, float]:
-    """One run: start the agent, warm up, measure for ``seconds`` (scraping /metrics at
-    1 Hz when ``scrape``), stop it."""
+def measure(seconds: float, scrape: float, tag: str | None) -> dict[str, float]:
+    """One run of the agent (and node_exporter) over the current process table."""
     with tempfile.TemporaryDirectory(prefix="nodemedic-bench-") as tmp:
         port = free_port()
-        config = {
-            "state_dir": f"{tmp}/state",
-            "api": {"listen": f"127.0.0.1:{port}"},
-            "log": {"level": "warning"},
-            "probes": {name: {"interval": "1s"} for name in PROBE_NAMES},
-        }
         path = Path(tmp) / "nodemedic.yaml"
-        path.write_text(yaml.safe_dump(config))
-        binary = Path(sys.executable).with_name("nodemedic")
-        proc = subprocess.Popen([str(binary), "run", "--config", str(path)])
+        path.write_text(yaml.safe_dump(agent_config(Path(tmp) / "state", port, tag)))
+        binary = os.environ.get("NODEMEDIC_BENCH_AGENT") or Path(sys.executable).with_name(
+            "nodemedic"
+        )
+        agent = subprocess.Popen([str(binary), "run", "--config", str(path)])
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _get(base + "/readyz")
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("agent did not become ready") from None
-                    time.sleep(0.1)
-            time.sleep(warmup)
-            cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
-            scrape_bytes = 0
-            end = t0 + seconds
-            while time.monotonic() < end:
-                if scrape:
-                    scrape_bytes = _get(base + "/metrics")
-                time.sleep(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0))
-            cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
-            rss = _rss_bytes(proc.pid)
+            wait_until_served(base + "/readyz", agent)
+            with node_exporter() as (exporter, exporter_url):
+                time.sleep(WARMUP)
+                return _window(
+                    seconds,
+                    scrape,
+                    agent=agent,
+                    agent_url=base + "/metrics",
+                    exporter=exporter,
+                    exporter_url=exporter_url,
+                )
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    elapsed = t1 - t0
+            stop(agent)
+
+
+def _window(
+    seconds: float,
+    scrape: float,
+    *,
+    agent: subprocess.Popen[bytes],
+    agent_url: str,
+    exporter: subprocess.Popen[bytes],
+    exporter_url: str,
+) -> dict[str, float]:
+    agent0, exporter0 = cpu_seconds(agent.pid), cpu_seconds(exporter.pid)
+    t0 = time.monotonic()
+    next_agent = next_exporter = t0
+    agent_series = exporter_series = 0
+    while (now := time.monotonic()) < t0 + seconds:
+        if now >= next_exporter:
+            exporter_series = series_count(get(exporter_url))
+            next_exporter += 1.0
+        if now >= next_agent:
+            agent_series = series_count(get(agent_url))
+            next_agent += scrape
+        time.sleep(max(0.0, min(next_agent, next_exporter, t0 + seconds) - time.monotonic()))
+    elapsed = time.monotonic() - t0
+    agent_cpu = cpu_seconds(agent.pid) - agent0
+    exporter_cpu = cpu_seconds(exporter.pid) - exporter0
     return {
-        "cpu_percent_of_one_core": 100 * (cpu1 - cpu0) / elapsed,
-        "cpu_ms_per_cycle": 1000 * (cpu1 - cpu0) / elapsed,  # one cycle per second
-        "rss_mib": rss / 2**20,
-        "metrics_bytes": float(scrape_bytes),
+        "agent_cpu_percent": 100 * agent_cpu / elapsed,
+        "agent_rss_mib": rss_bytes(agent.pid) / 2**20,
+        "agent_series": float(agent_series),
+        "node_exporter_cpu_percent": 100 * exporter_cpu / elapsed,
+        "node_exporter_rss_mib": rss_bytes(exporter.pid) / 2**20,
+        "node_exporter_series": float(exporter_series),
+        "cpu_ratio": agent_cpu / exporter_cpu if exporter_cpu else float("nan"),
         "seconds": elapsed,
     }
 
 
+def import_floor_mib() -> float:
+    """RSS of a bare Python that imported psutil, aiomqtt, aiohttp and prometheus_client."""
+    code = (
+        "import psutil, aiomqtt, aiohttp.web, prometheus_client\n"
+        "print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    return int(out.stdout) / 1024
+
+
 def main() -> None:
     """Run the benchmark and print its figures."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[0, 100, 500, 2000])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scrape", type=float, default=15.0, help="agent scrape period, s")
+    parser.add_argument("--quick", action="store_true", help="counts 0 500, 1 run x 20 s")
     args = parser.parse_args()
-    results: dict[str, dict[str, object]] = {}
+    if args.quick:
+        args.counts, args.seconds, args.repeat = [0, 500], 20.0, 1
+    floor = import_floor_mib()
     print(
-        f"agent overhead, default probes at 1 s, {args.repeat} runs x {args.seconds:.0f} s, median:"
+        f"agent overhead: every probe at 1 s, /metrics every {args.scrape:g} s; node_exporter "
+        f"scraped at 1 Hz; {args.repeat} x {args.seconds:.0f} s, median"
     )
-    print(f"  {'mode':28s} {'CPU % of a core':>16s} {'CPU ms/cycle':>13s} {'RSS MiB':>8s}")
-    for mode, scrape in (("probes only", False), ("probes + /metrics at 1 Hz", True)):
-        runs = [measure(args.seconds, args.warmup, scrape=scrape) for _ in range(args.repeat)]
+    print(f"  import floor (python + psutil, aiomqtt, aiohttp, prometheus_client): {floor:.1f} MiB")
+    header = ("extra procs", "agent CPU %", "agent RSS MiB", "n_e CPU %", "n_e RSS MiB", "ratio")
+    print("  " + " ".join(f"{h:>13s}" for h in header))
+    results: dict[str, Any] = {"import_floor_mib": floor, "scrape_seconds": args.scrape}
+    for count in args.counts:
+        tag = f"nodemedic-bench-{uuid.uuid4().hex[:8]}" if count else None
+        with sleepers(count, tag or "unused"):
+            runs = [measure(args.seconds, args.scrape, tag) for _ in range(args.repeat)]
         median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        results[mode] = {"runs": runs, "median": median}
-        print(
-            f"  {mode:28s} {median['cpu_percent_of_one_core']:16.2f} "
-            f"{median['cpu_ms_per_cycle']:13.2f} {median['rss_mib']:8.1f}"
+        results[str(count)] = {"runs": runs, "median": median}
+        row = (
+            median["agent_cpu_percent"],
+            median["agent_rss_mib"],
+            median["node_exporter_cpu_percent"],
+            median["node_exporter_rss_mib"],
+            median["cpu_ratio"],
         )
-    out = Path("bench/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "agent_overhead.json").write_text(json.dumps(results, indent=2))
+        print(f"  {count:13d} " + " ".join(f"{v:13.2f}" for v in row))
+    print(f"  written to {write_result('agent_overhead', results)}")
 
 
 if __name__ == "__main__":

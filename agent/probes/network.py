@@ -9,7 +9,7 @@ import re
 import time
 from pathlib import Path
 
-from agent.model import Sample
+from agent.model import Sample, labelset
 from agent.probes.base import BlockingProbe, Clock, parse_error, read_text
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,12 @@ class NetworkProbe(BlockingProbe):
             rate = 0.0
             if before is not None and elapsed > 0 and trouble >= before:
                 rate = (trouble - before) / elapsed
-            samples.append(Sample.of("nodemedic_network_up", 1.0 if up else 0.0, interface=name))
+            labels = labelset(interface=name)  # one label set for the interface's 8 series
+            samples.append(Sample("nodemedic_network_up", 1.0 if up else 0.0, labels))
             samples.extend(
-                Sample.of(metric, counters[key], interface=name) for key, metric in _COUNTERS
+                Sample(metric, float(counters[key]), labels) for key, metric in _COUNTERS
             )
-            samples.append(Sample.of("nodemedic_network_errors_per_second", rate, interface=name))
+            samples.append(Sample("nodemedic_network_errors_per_second", rate, labels))
         self._previous = trouble_now
         self._previous_time = now
         return samples
@@ -95,8 +96,9 @@ class NetworkProbe(BlockingProbe):
         state = read_text(path / "operstate").strip()
         up = state == "up" or (state == "unknown" and _has_carrier(path))
         counters: dict[str, int] = {}
+        statistics = path / "statistics"
         for key, _metric in _COUNTERS:
-            stat = path / "statistics" / key
+            stat = statistics / key
             text = read_text(stat)
             try:
                 counters[key] = int(text)

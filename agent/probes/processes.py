@@ -5,7 +5,8 @@ groups need: ``/proc/PID/stat`` for groups matched by ``comm`` (it holds the nam
 as every figure the probe reports), the owner of ``/proc/PID`` for ``user``, and
 ``cmdline`` only for processes that passed a group's other matchers. Groups given by a
 ``pidfile`` or a systemd ``unit`` (the processes listed in its cgroup) need no scan at
-all. Only members get their descriptors counted.
+all. Only members get their descriptors counted, and at most every ``FD_REFRESH``
+seconds each (a new member at once): the counts move slowly and cost more than the rest.
 
 A process that exits mid-run, or that the agent may not inspect, is skipped (debug log):
 on a busy host that happens every run and is not a failure.
@@ -13,7 +14,7 @@ on a busy host that happens every run and is not a failure.
 
 from __future__ import annotations
 
-__all__ = ["ProcessesProbe"]
+__all__ = ["FD_REFRESH", "ProcessesProbe"]
 
 import logging
 import os
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+FD_REFRESH = 10.0
+"""Seconds a member's descriptor count and limit are reused before being read again."""
 
 _Key = tuple[int, int]
 """A process identity that survives PID reuse: (pid, start time in ticks)."""
@@ -79,6 +83,7 @@ class _Run:
     cmdlines: dict[int, str] = field(default_factory=dict)
     uids: dict[int, int] = field(default_factory=dict)
     ticks: dict[_Key, int] = field(default_factory=dict)
+    fds: dict[_Key, tuple[int, int | None, float]] = field(default_factory=dict)
 
 
 class ProcessesProbe(BlockingProbe):
@@ -116,6 +121,7 @@ class ProcessesProbe(BlockingProbe):
             for group in groups
         ]
         self._previous_ticks: dict[_Key, int] = {}
+        self._previous_fds: dict[_Key, tuple[int, int | None, float]] = {}
         self._previous_uptime: float | None = None
 
     def collect(self) -> list[Sample]:
@@ -129,6 +135,7 @@ class ProcessesProbe(BlockingProbe):
         for group, pids in zip(self._groups, members, strict=True):
             samples.extend(self._measure(group, pids, run, uptime))
         self._previous_ticks = run.ticks
+        self._previous_fds = run.fds
         self._previous_uptime = uptime
         return samples
 
@@ -228,19 +235,36 @@ class ProcessesProbe(BlockingProbe):
                 # Started since the previous run: all its CPU time is new.
                 new_ticks = stat.ticks if stat.start >= born_after else 0
             tally.add(key, stat, new_ticks)
-            try:
-                open_fds = self._reader.fd_count(pid)
-                limit = self._reader.nofile_limit(pid)
-            except (OSError, ValueError) as err:
-                log.debug("processes: no descriptors for pid %d: %s", pid, err)
-                continue
-            tally.add_fds(open_fds, limit)
+            descriptors = self._descriptors(key, run)
+            if descriptors is not None:
+                tally.add_fds(*descriptors)
         current = frozenset(tally.keys)
         if group.last_members and current - group.last_members:
             group.restarts += 1
         if current:
             group.last_members = current
         return self._samples(group, tally, uptime)
+
+    def _descriptors(self, key: _Key, run: _Run) -> tuple[int, int | None] | None:
+        """A member's open descriptors and NOFILE limit, read at most every FD_REFRESH s.
+
+        They are the dearest figures after the scan itself and move slowly; a process
+        seen for the first time is read at once. None when they cannot be read.
+        """
+        now = self._clock()
+        known = self._previous_fds.get(key)
+        if known is not None and now - known[2] < FD_REFRESH:
+            run.fds[key] = known
+            return known[0], known[1]
+        pid = key[0]
+        try:
+            open_fds = self._reader.fd_count(pid)
+            limit = self._reader.nofile_limit(pid)
+        except (OSError, ValueError) as err:
+            log.debug("processes: no descriptors for pid %d: %s", pid, err)
+            return None
+        run.fds[key] = (open_fds, limit, now)
+        return open_fds, limit
 
     def _stat(self, pid: int, run: _Run) -> ProcStat | None:
         stat = run.parsed.get(pid)

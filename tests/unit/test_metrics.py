@@ -32,8 +32,18 @@ Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(view: FakeAgentView) -> str:
-    """The text a scrape of ``view`` returns."""
-    return generate_latest(build_registry(view)).decode()
+    """The text a scrape of ``view`` returns (the registry's fast path, as /metrics serves)."""
+    return build_registry(view).render().decode()
+
+
+def without_process_series(text: str) -> str:
+    """``text`` without the agent process's own series, which move between two reads."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        name = line.split(" ")[2] if line.startswith("# ") else line
+        if not name.startswith("process_"):
+            kept.append(line)
+    return "".join(kept)
 
 
 def series_of(text: str) -> Series:
@@ -496,3 +506,68 @@ def test_firing_conditions_are_counted_by_severity_with_every_severity_present()
     assert value(series, by_severity, severity="critical") == 2
     assert value(series, by_severity, severity="warning") == 1
     assert value(series, by_severity, severity="info") == 0
+
+
+def test_fast_rendering_writes_what_generate_latest_writes() -> None:
+    view = busy_view()
+    view.samples = [
+        *view.samples,
+        Sample.of("nodemedic_bogus_ratio", 0.5),
+        Sample.of("nodemedic_load1", 0.5, host="extra"),
+        Sample.of("nodemedic_network_up", 0.0, interface='a"b\\c\nd'),
+        Sample.of("nodemedic_network_up", 1.0, interface='a"b\\c\nd'),
+        Sample.of("nodemedic_load5", float("nan")),
+        Sample.of("nodemedic_load15", float("inf")),
+        Sample.of("nodemedic_memory_total_bytes", 1.5e12),
+        Sample(
+            "nodemedic_filesystem_readonly",
+            1.0,
+            (("mountpoint", "/"), ("device", "sda1"), ("fstype", "xfs")),
+        ),
+    ]
+    registry = build_registry(view)
+
+    fast = without_process_series(registry.render().decode())
+    reference = without_process_series(generate_latest(registry).decode())
+
+    assert fast == reference
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["nodemedic_network_up", "nodemedic_disk_io_utilisation_ratio"]),
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+            st.floats(allow_nan=False),
+        ),
+        max_size=8,
+    )
+)
+def test_fast_rendering_matches_generate_latest_for_any_samples(
+    rows: list[tuple[str, str, float]],
+) -> None:
+    label = {"nodemedic_network_up": "interface", "nodemedic_disk_io_utilisation_ratio": "device"}
+    view = FakeAgentView(samples=[Sample.of(m, v, **{label[m]: text}) for m, text, v in rows])
+    registry = build_registry(view)
+
+    fast = without_process_series(registry.render().decode())
+
+    assert fast == without_process_series(generate_latest(registry).decode())
+
+
+def test_a_new_reading_is_served_at_the_next_scrape_and_an_unchanged_one_reused() -> None:
+    view = FakeAgentView(samples=[Sample.of("nodemedic_load1", 0.5)])
+    registry = build_registry(view)
+
+    first = series_of(registry.render().decode())
+    view.ready = False
+    unchanged = series_of(registry.render().decode())
+    view.samples = [Sample.of("nodemedic_load1", 0.75), Sample.of("nodemedic_load5", 0.25)]
+    changed = series_of(registry.render().decode())
+
+    assert value(first, "nodemedic_load1") == 0.5
+    assert value(unchanged, "nodemedic_load1") == 0.5
+    assert value(unchanged, "nodemedic_agent_ready") == 0
+    assert value(changed, "nodemedic_load1") == 0.75
+    assert value(changed, "nodemedic_load5") == 0.25

@@ -13,7 +13,7 @@ import pytest
 
 from agent.config import ProcessesProbeConfig
 from agent.errors import ProbeError
-from agent.probes.processes import CLOCK_TICKS, PAGE_BYTES, ProcessesProbe
+from agent.probes.processes import CLOCK_TICKS, FD_REFRESH, PAGE_BYTES, ProcessesProbe
 from agent.probes.procfs_reader import ProcReader
 
 from .fakes import Closing, assert_catalog_conformant, by_series
@@ -329,3 +329,30 @@ def test_the_live_procfs_shortcuts_agree_with_the_files() -> None:
     listed = len(os.listdir(f"/proc/{own}/fd"))  # noqa: PTH208 - listdir's own fd is listed too
     assert live.fd_count(own) in (listed - 1, listed)
     assert live.nofile_limit(own) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@pytest.mark.asyncio
+async def test_descriptor_counts_are_read_again_only_after_the_refresh_period(
+    proc: Path, closing: Closing
+) -> None:
+    now = [100.0]
+    write_process(proc, FakeProcess(10, "worker", start=10, fds=4, nofile=100))
+    config = ProcessesProbeConfig.model_validate({"groups": [{"name": "w", "comm": "worker"}]})
+    probe = closing(
+        ProcessesProbe(
+            groups=config.groups, proc=proc, cgroup=proc / "no-cgroup", clock=lambda: now[0]
+        )
+    )
+    first = await read_group(probe, "w")
+
+    write_process(proc, FakeProcess(10, "worker", start=10, fds=40, nofile=100))
+    write_process(proc, FakeProcess(11, "worker", start=20, fds=2, nofile=100))
+    now[0] += FD_REFRESH / 2
+    within = await read_group(probe, "w")
+    now[0] += FD_REFRESH / 2
+    after = await read_group(probe, "w")
+
+    assert first["fds"] == 4
+    assert within["fds"] == 4 + 2  # the known member's count is reused, the new one read
+    assert after["fds"] == 40 + 2
+    assert after["fds_limit_ratio"] == pytest.approx(0.4)
