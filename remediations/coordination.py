@@ -65,6 +65,7 @@ from remediations.etcd import (
     EtcdError,
     TxnResult,
     b64,
+    delete_op,
     mod_equals,
     put_op,
     range_op,
@@ -134,6 +135,7 @@ class FleetStats:
         budget: the group's budget at the last read.
         failures: refused acquisitions by cause.
         lost: slots whose lease expired while held.
+        claims_lost: claims that lost the compare-and-swap to another host.
     """
 
     held: int = 0
@@ -141,6 +143,7 @@ class FleetStats:
     budget: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     lost: int = 0
+    claims_lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,38 @@ class _Table:
     budget: int
     fence_revision: int
     own_revision: int
+    queue: list[str]  # waiting queue keys, the longest waiter first
+    revision: int
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """One :meth:`FleetBudget.acquire` call: its lease (granted once) and queue key."""
+
+    run_id: str
+    lease: int | None = None
+    renewed: float = 0.0
+    queue_key: str | None = None
+    losses: int = 0
+
+    def forget(self) -> None:
+        self.queue_key = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    """What a waiter waits for: a delete of ``key`` after ``revision``, or ``delay`` s."""
+
+    key: str | None = None
+    prefix: bool = False
+    revision: int = 0
+    delay: float = 0.0
+
+
+_BACKOFF_BASE = 0.01
+"""Seconds: the first bound of the jittered back-off after a lost claim (doubles)."""
+_BACKOFF_CAP = 0.5
+"""Seconds: the largest bound of that back-off."""
 
 
 class FleetBudget:
@@ -186,6 +221,7 @@ class FleetBudget:
         self._members = f"{base}/members/{config.group}/"
         self._slots = f"{base}/slots/{config.group}/"
         self._fence = f"{base}/fence/{config.group}"
+        self._queue = f"{base}/queue/{config.group}/"
         self._ttl = max(2, round(config.lease_ttl.total_seconds()))
         self._member_lease: int | None = None
         self._member_lock = asyncio.Lock()
@@ -292,63 +328,136 @@ class FleetBudget:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.slot_wait.total_seconds()
-        poll = self._config.poll_interval.total_seconds()
+        waiter = _Waiter(run_id)
         waited = False
-        while True:
-            try:
-                outcome = await self._try_once(run_id, waited=waited)
-            except EtcdError as err:
-                if err.code is not None:  # it answered, and said no (auth, permissions)
-                    return self._refuse("etcd_refused", str(err), waited)
-                self._set_reachable(False, str(err))
-                return self._refuse("etcd_unreachable", f"etcd unreachable: {err}", waited)
-            if outcome.slot is not None:
-                return outcome
-            if loop.time() + poll > deadline:
-                reason = outcome.decision.reason
-                if waited:
-                    reason += f"; waited {self._config.slot_wait.total_seconds():g}s"
-                return self._refuse("budget_full", reason, waited)
-            if not waited and on_wait is not None:
-                on_wait(outcome.decision.reason)
-            waited = True
-            await asyncio.sleep(poll * random.uniform(0.5, 1.5))  # noqa: S311  (jitter)
-
-    async def _try_once(self, run_id: str, *, waited: bool) -> SlotOutcome:
-        await self._join()
-        while True:
-            async with self._claim_lock:
-                table = await self._read()
-                self.stats.in_use = len(table.holders)
-                self.stats.budget = table.budget
-                mine = next(iter(self._held.values()), None)
-                others = sorted(n for n in table.holders if n != self._node)
-                if mine is not None or len(others) >= table.budget:
-                    return SlotOutcome(self._full(table, mine), None, "budget_full")
-                lease = await self._etcd.grant(self._ttl)
+        try:
+            while True:
                 try:
-                    done = await self._claim(table, lease, run_id)
-                except BaseException:
-                    # The claim may or may not have committed: without keepalives the
-                    # slot (if any) is gone within the TTL; revoking frees it now.
-                    with contextlib.suppress(EtcdError):
-                        await self._etcd.revoke(lease)
-                    raise
-                if done:
-                    slot = Slot(run_id, lease)
-                    self._held[lease] = slot
-                    self.stats.held = len(self._held)
-                    self.stats.in_use = len(others) + 1
-                    self._set_reachable(True, "")
-                    held = f"; others: {', '.join(others)}" if others else ""
-                    reason = (
-                        f"took slot {len(others) + 1} of {table.budget} in group "
-                        f"{self.group!r}{held}"
-                    )
-                    return SlotOutcome(Decision(GATE, True, reason), slot, "granted", waited)
-                await self._etcd.revoke(lease)
-            # Another host acquired between the read and the claim: read again.
-            await asyncio.sleep(random.uniform(0, 0.01))  # noqa: S311  (jitter)
+                    outcome, pause = await self._try_once(waiter, waited=waited)
+                except EtcdError as err:
+                    if err.code is not None:  # it answered, and said no (auth, permissions)
+                        return self._refuse("etcd_refused", str(err), waited)
+                    self._set_reachable(False, str(err))
+                    return self._refuse("etcd_unreachable", f"etcd unreachable: {err}", waited)
+                if outcome.slot is not None:
+                    waiter.lease = None  # the slot's now: released by release()
+                    return outcome
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    reason = outcome.decision.reason
+                    if waited:
+                        reason += f"; waited {self._config.slot_wait.total_seconds():g}s"
+                    return self._refuse("budget_full", reason, waited)
+                if not waited and on_wait is not None:
+                    on_wait(outcome.decision.reason)
+                waited = True
+                await self._pause(pause, remaining)
+        finally:
+            if waiter.lease is not None:  # gave up, failed or cancelled: leave the queue
+                with contextlib.suppress(EtcdError):
+                    await self._etcd.revoke(waiter.lease)
+
+    async def _pause(self, pause: _Pause, remaining: float) -> None:
+        """Back off, or watch until the key ``pause`` names is deleted (bounded waits)."""
+        if pause.key is None:
+            await asyncio.sleep(min(pause.delay, remaining))
+            return
+        # Wake at least every third of the TTL to renew the waiting lease.
+        timeout = min(remaining, self._ttl / 3)
+        try:
+            await self._etcd.wait_deleted(
+                pause.key, prefix=pause.prefix, after=pause.revision, within=timeout
+            )
+        except EtcdError:  # the next read says whether etcd is there
+            await asyncio.sleep(min(self._poll(), remaining))
+
+    def _poll(self) -> float:
+        return self._config.poll_interval.total_seconds() * random.uniform(0.5, 1.5)  # noqa: S311
+
+    async def _try_once(self, waiter: _Waiter, *, waited: bool) -> tuple[SlotOutcome, _Pause]:
+        await self._join()
+        async with self._claim_lock:
+            await self._renew(waiter)
+            table = await self._read()
+            mine = next(iter(self._held.values()), None)
+            if mine is None and waiter.queue_key not in (None, *table.queue):
+                waiter.forget()  # its lease expired while it waited: queue again
+            if (
+                mine is None
+                and waiter.queue_key is None
+                and (table.queue or self._free(table) <= 0)
+            ):
+                await self._enqueue(waiter)
+                table = await self._read()
+            self.stats.in_use = len(table.holders)
+            self.stats.budget = table.budget
+            free = self._free(table)
+            rank = table.queue.index(waiter.queue_key) if waiter.queue_key else 0
+            if mine is not None or rank >= free:
+                return SlotOutcome(self._full(table, mine), None, "budget_full"), self._watch(
+                    table, rank, mine
+                )
+            if waiter.lease is None:
+                waiter.lease = await self._etcd.grant(self._ttl)
+                waiter.renewed = asyncio.get_running_loop().time()
+            lease = waiter.lease
+            if await self._claim(table, waiter, lease):
+                return self._granted(table, Slot(waiter.run_id, lease), waited), _Pause()
+            # Another host took the slot between the read and the claim: back off with
+            # jitter, doubling the bound on every loss (capped), then read again.
+            waiter.losses += 1
+            self.stats.claims_lost += 1
+            bound = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(waiter.losses, 8))
+            reason = f"lost a slot to another host in group {self.group!r}"
+            pause = _Pause(delay=random.uniform(0, bound))  # noqa: S311  (jitter)
+            return SlotOutcome(Decision(GATE, False, reason), None, "budget_full"), pause
+
+    def _free(self, table: _Table) -> int:
+        return table.budget - sum(1 for n in table.holders if n != self._node)
+
+    def _watch(self, table: _Table, rank: int, mine: Slot | None) -> _Pause:
+        """What a waiter that may not claim now waits for.
+
+        The first ``budget`` in the queue watch the slots (one of them is next when a
+        slot is freed); the others watch the queue key just ahead of their own, so a
+        freed slot wakes at most ``budget`` waiters, not all of them.
+        """
+        if mine is not None or table.budget <= 0:
+            return _Pause(delay=self._poll())  # nothing to watch: poll with jitter
+        if rank < table.budget or rank == 0:
+            return _Pause(key=self._slots, prefix=True, revision=table.revision)
+        return _Pause(key=table.queue[rank - 1], revision=table.revision)
+
+    async def _renew(self, waiter: _Waiter) -> None:
+        """Keep the waiting lease (and so the queue key) alive while it waits."""
+        now = asyncio.get_running_loop().time()
+        if waiter.lease is None or now - waiter.renewed < self._ttl / 3:
+            return
+        if await self._etcd.keepalive(waiter.lease) > 0:
+            waiter.renewed = now
+        else:
+            log.warning("fleet budget: the waiting lease of run %s expired", waiter.run_id)
+            waiter.lease = None
+            waiter.forget()
+
+    async def _enqueue(self, waiter: _Waiter) -> None:
+        """Grant the waiter's lease (once per acquire) and put its queue key on it."""
+        if waiter.lease is None:
+            waiter.lease = await self._etcd.grant(self._ttl)
+            waiter.renewed = asyncio.get_running_loop().time()
+        key = f"{self._queue}{self._node}/{waiter.lease:x}"
+        await self._etcd.txn((), [put_op(b64(key), waiter.run_id, waiter.lease)])
+        waiter.queue_key = key
+
+    def _granted(self, table: _Table, slot: Slot, waited: bool) -> SlotOutcome:
+        others = sorted(n for n in table.holders if n != self._node)
+        self._held[slot.lease] = slot
+        self.stats.held = len(self._held)
+        self.stats.in_use = len(others) + 1
+        self._set_reachable(True, "")
+        held = f"; others: {', '.join(others)}" if others else ""
+        reason = f"took slot {len(others) + 1} of {table.budget} in group {self.group!r}{held}"
+        return SlotOutcome(Decision(GATE, True, reason), slot, "granted", waited)
 
     def _full(self, table: _Table, mine: Slot | None) -> Decision:
         if mine is not None:
@@ -373,6 +482,7 @@ class FleetBudget:
                 range_op(self._slots, prefix=True),
                 range_op(self._members, prefix=True, count_only=True),
                 range_op(self._fence),
+                range_op(self._queue, prefix=True, by_creation=True),
             ],
         )
         holders: dict[str, str] = {}
@@ -392,19 +502,35 @@ class FleetBudget:
             ),
             fence_revision=fence[0].mod_revision if fence else 0,
             own_revision=own,
+            queue=[kv.key for kv in reply.kvs(3)],
+            revision=reply.revision,
         )
 
-    async def _claim(self, table: _Table, lease: int, run_id: str) -> bool:
-        """Put this host's slot and the fence, if neither changed since ``table`` was read."""
+    async def _claim(self, table: _Table, waiter: _Waiter, lease: int) -> bool:
+        """Put this host's slot and the fence, if neither changed since ``table`` was read.
+
+        The same transaction deletes the waiter's queue key: it leaves the queue exactly
+        when it takes the slot.
+        """
         slot_key = b64(self._slots + self._node)
-        value = json.dumps({"node": self._node, "run": run_id})
-        reply: TxnResult = await self._etcd.txn(
-            [
-                mod_equals(b64(self._fence), table.fence_revision),
-                mod_equals(slot_key, table.own_revision),
-            ],
-            [put_op(slot_key, value, lease), put_op(b64(self._fence), self._node, 0)],
-        )
+        value = json.dumps({"node": self._node, "run": waiter.run_id})
+        ops = [put_op(slot_key, value, lease), put_op(b64(self._fence), self._node, 0)]
+        if waiter.queue_key is not None:
+            ops.append(delete_op(b64(waiter.queue_key)))
+        try:
+            reply: TxnResult = await self._etcd.txn(
+                [
+                    mod_equals(b64(self._fence), table.fence_revision),
+                    mod_equals(slot_key, table.own_revision),
+                ],
+                ops,
+            )
+        except EtcdError as err:
+            if "lease not found" not in str(err):
+                raise
+            waiter.lease = None  # expired while waiting: a new one, and queue again
+            waiter.forget()
+            return False
         return reply.succeeded
 
     async def release(self, slot: Slot) -> None:
