@@ -8,6 +8,9 @@ Keys, under the configured prefix ``P`` and group ``G``:
   per run), renewed the same way. A host that dies stops renewing, etcd deletes its
   slot when the lease expires, and the slot is free again within the lease TTL.
 * ``P/fence/G``: rewritten by every acquisition; only its ``mod_revision`` matters.
+* ``P/queue/G/<node>/<lease>``: a host waiting for a slot, on the lease its slot will
+  use. Waiters are served oldest ``create_revision`` first (etcd's fair-semaphore
+  recipe); the claim that takes the slot deletes the queue key in the same transaction.
 
 The budget is ``max_disruptive``, ``max_disruptive_percent`` of the live members
 (rounded down, but at least 1 while the percentage and the members are above 0), or
@@ -36,10 +39,27 @@ still run: choose a TTL longer than an etcd outage a run should survive. The los
 logged, counted and reported as an event; the run is not stopped (stopping a
 disruptive step half-way leaves the host worse).
 
+Waiting, and what the queue changes: one :meth:`FleetBudget.acquire` grants one lease
+(only when it queues or claims) and keeps it for every attempt; it is revoked when the
+call gives up, fails or is cancelled (which also drops the queue key), or later by
+:meth:`FleetBudget.release`. A waiter claims only while its place in the queue is below
+the free slots; the first ``budget`` waiters watch the slot keys for a delete (an etcd
+watch from the revision they read, so nothing freed in between is missed) and every
+other waiter watches the queue key just ahead of its own, so a freed slot wakes at most
+``budget`` waiters instead of all of them. A watch ends at least every third of the TTL
+to renew the waiting lease; a waiter whose lease expired queues again at the back. A
+claim that loses the compare-and-swap backs off for a random time below a bound that
+doubles per loss (10 ms up to 0.5 s) before it reads again. The queue is advice about
+*who tries*, never part of the safety argument above: the claim is the same
+compare-and-swap on the fence and the own slot key, so a stale, missing or skipped
+queue entry can delay a waiter but never let more than the budget hold slots. A waiter
+that died leaves its queue key until its lease expires, delaying those behind it by up
+to the TTL; a budget that grows (more members) is noticed at the next renewal.
+
 Fail safe: when etcd cannot be reached, :meth:`FleetBudget.acquire` refuses at once with
 ``etcd unreachable: ...`` (and when etcd refuses, e.g. bad credentials, with etcd's
 reason); non-disruptive runs never ask. A full budget is waited on up
-to ``slot_wait`` (polling with jitter), then refused. Slots are released on success,
+to ``slot_wait`` (as above), then refused. Slots are released on success,
 failure and cancellation by the engine, and by :meth:`FleetBudget.aclose` at shutdown;
 if etcd cannot be told, the lease expires within its TTL.
 """
