@@ -66,17 +66,14 @@ if etcd cannot be told, the lease expires within its TTL.
 
 from __future__ import annotations
 
-__all__ = ["FleetBudget", "FleetStats", "Slot", "SlotOutcome", "budget_for"]
+__all__ = ["GATE", "FleetBudget", "FleetStats", "Slot", "SlotOutcome", "budget_for"]
 
 import asyncio
 import contextlib
 import json
 import logging
-import math
 import random
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import FleetBudgetConfig
@@ -90,121 +87,24 @@ from remediations.etcd import (
     put_op,
     range_op,
 )
+from remediations.fleet_slots import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    GATE,
+    RETRIES,
+    FleetStats,
+    Pause,
+    Slot,
+    SlotOutcome,
+    Table,
+    Waiter,
+    budget_for,
+)
 from remediations.gates import Decision
 
 log = logging.getLogger(__name__)
 
-GATE = "fleet_budget"
-"""The gate name fleet budget decisions carry in the decision record."""
-
 Emit = Callable[[str, str | None, Mapping[str, Any]], None]
-
-
-def budget_for(count: int | None, percent: float | None, members: int) -> int:
-    """Slots a group may hold: the smaller of ``count`` and ``percent`` of ``members``.
-
-    A percentage rounds down (10% of 15 hosts is 1), but is at least 1 while it is above
-    0 and there are members: a small group must still be able to remediate one host.
-    """
-    limits = [] if count is None else [count]
-    if percent is not None:
-        share = math.floor(percent * members / 100 + 1e-9)
-        limits.append(max(share, 1) if members > 0 else 0)
-    return min(limits) if limits else 0
-
-
-@dataclass(slots=True)
-class Slot:
-    """A slot held for one run.
-
-    Attributes:
-        run_id: the run it was taken for.
-        lease: the slot lease's id.
-        lost: the lease expired while held (etcd unreachable too long).
-    """
-
-    run_id: str
-    lease: int
-    lost: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SlotOutcome:
-    """What :meth:`FleetBudget.acquire` decided.
-
-    Attributes:
-        decision: the ``fleet_budget`` gate decision for the decision record.
-        slot: the slot when granted.
-        cause: ``granted``, ``budget_full``, ``etcd_unreachable`` or ``etcd_refused``.
-        waited: it waited for a slot (the caller should check its gates again).
-    """
-
-    decision: Decision
-    slot: Slot | None
-    cause: str
-    waited: bool = False
-
-
-@dataclass(slots=True)
-class FleetStats:
-    """What the metrics read of the budget.
-
-    Attributes:
-        held: slots this agent holds now.
-        in_use: slots held in the group at the last read.
-        budget: the group's budget at the last read.
-        failures: refused acquisitions by cause.
-        lost: slots whose lease expired while held.
-        claims_lost: claims that lost the compare-and-swap to another host.
-    """
-
-    held: int = 0
-    in_use: int = 0
-    budget: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    lost: int = 0
-    claims_lost: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Table:
-    holders: dict[str, str]  # node -> run
-    members: int
-    budget: int
-    fence_revision: int
-    own_revision: int
-    queue: list[str]  # waiting queue keys, the longest waiter first
-    revision: int
-
-
-@dataclass(slots=True)
-class _Waiter:
-    """One :meth:`FleetBudget.acquire` call: its lease (granted once) and queue key."""
-
-    run_id: str
-    lease: int | None = None
-    renewed: float = 0.0
-    queue_key: str | None = None
-    losses: int = 0
-
-    def forget(self) -> None:
-        self.queue_key = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Pause:
-    """What a waiter waits for: a delete of ``key`` after ``revision``, or ``delay`` s."""
-
-    key: str | None = None
-    prefix: bool = False
-    revision: int = 0
-    delay: float = 0.0
-
-
-_BACKOFF_BASE = 0.01
-"""Seconds: the first bound of the jittered back-off after a lost claim (doubles)."""
-_BACKOFF_CAP = 0.5
-"""Seconds: the largest bound of that back-off."""
 
 
 class FleetBudget:
@@ -348,7 +248,7 @@ class FleetBudget:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.slot_wait.total_seconds()
-        waiter = _Waiter(run_id)
+        waiter = Waiter(run_id)
         waited = False
         try:
             while True:
@@ -363,24 +263,25 @@ class FleetBudget:
                     waiter.lease = None  # the slot's now: released by release()
                     return outcome
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 and not (pause.retry and waiter.losses <= RETRIES):
                     reason = outcome.decision.reason
                     if waited:
                         reason += f"; waited {self._config.slot_wait.total_seconds():g}s"
                     return self._refuse("budget_full", reason, waited)
-                if not waited and on_wait is not None:
-                    on_wait(outcome.decision.reason)
-                waited = True
+                if not pause.retry:  # a back-off after a lost claim is not waiting
+                    if not waited and on_wait is not None:
+                        on_wait(outcome.decision.reason)
+                    waited = True
                 await self._pause(pause, remaining)
         finally:
             if waiter.lease is not None:  # gave up, failed or cancelled: leave the queue
                 with contextlib.suppress(EtcdError):
                     await self._etcd.revoke(waiter.lease)
 
-    async def _pause(self, pause: _Pause, remaining: float) -> None:
+    async def _pause(self, pause: Pause, remaining: float) -> None:
         """Back off, or watch until the key ``pause`` names is deleted (bounded waits)."""
         if pause.key is None:
-            await asyncio.sleep(min(pause.delay, remaining))
+            await asyncio.sleep(pause.delay if pause.retry else min(pause.delay, remaining))
             return
         # Wake at least every third of the TTL to renew the waiting lease.
         timeout = min(remaining, self._ttl / 3)
@@ -394,7 +295,7 @@ class FleetBudget:
     def _poll(self) -> float:
         return self._config.poll_interval.total_seconds() * random.uniform(0.5, 1.5)  # noqa: S311
 
-    async def _try_once(self, waiter: _Waiter, *, waited: bool) -> tuple[SlotOutcome, _Pause]:
+    async def _try_once(self, waiter: Waiter, *, waited: bool) -> tuple[SlotOutcome, Pause]:
         await self._join()
         async with self._claim_lock:
             await self._renew(waiter)
@@ -405,6 +306,7 @@ class FleetBudget:
             if (
                 mine is None
                 and waiter.queue_key is None
+                and self._config.slot_wait.total_seconds() > 0  # it will wait: queue
                 and (table.queue or self._free(table) <= 0)
             ):
                 await self._enqueue(waiter)
@@ -422,20 +324,20 @@ class FleetBudget:
                 waiter.renewed = asyncio.get_running_loop().time()
             lease = waiter.lease
             if await self._claim(table, waiter, lease):
-                return self._granted(table, Slot(waiter.run_id, lease), waited), _Pause()
+                return self._granted(table, Slot(waiter.run_id, lease), waited), Pause()
             # Another host took the slot between the read and the claim: back off with
             # jitter, doubling the bound on every loss (capped), then read again.
             waiter.losses += 1
             self.stats.claims_lost += 1
-            bound = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(waiter.losses, 8))
+            bound = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(waiter.losses, 8))
             reason = f"lost a slot to another host in group {self.group!r}"
-            pause = _Pause(delay=random.uniform(0, bound))  # noqa: S311  (jitter)
+            pause = Pause(delay=random.uniform(0, bound), retry=True)  # noqa: S311  (jitter)
             return SlotOutcome(Decision(GATE, False, reason), None, "budget_full"), pause
 
-    def _free(self, table: _Table) -> int:
+    def _free(self, table: Table) -> int:
         return table.budget - sum(1 for n in table.holders if n != self._node)
 
-    def _watch(self, table: _Table, rank: int, mine: Slot | None) -> _Pause:
+    def _watch(self, table: Table, rank: int, mine: Slot | None) -> Pause:
         """What a waiter that may not claim now waits for.
 
         The first ``budget`` in the queue watch the slots (one of them is next when a
@@ -443,12 +345,12 @@ class FleetBudget:
         freed slot wakes at most ``budget`` waiters, not all of them.
         """
         if mine is not None or table.budget <= 0:
-            return _Pause(delay=self._poll())  # nothing to watch: poll with jitter
+            return Pause(delay=self._poll())  # nothing to watch: poll with jitter
         if rank < table.budget or rank == 0:
-            return _Pause(key=self._slots, prefix=True, revision=table.revision)
-        return _Pause(key=table.queue[rank - 1], revision=table.revision)
+            return Pause(key=self._slots, prefix=True, revision=table.revision)
+        return Pause(key=table.queue[rank - 1], revision=table.revision)
 
-    async def _renew(self, waiter: _Waiter) -> None:
+    async def _renew(self, waiter: Waiter) -> None:
         """Keep the waiting lease (and so the queue key) alive while it waits."""
         now = asyncio.get_running_loop().time()
         if waiter.lease is None or now - waiter.renewed < self._ttl / 3:
@@ -460,7 +362,7 @@ class FleetBudget:
             waiter.lease = None
             waiter.forget()
 
-    async def _enqueue(self, waiter: _Waiter) -> None:
+    async def _enqueue(self, waiter: Waiter) -> None:
         """Grant the waiter's lease (once per acquire) and put its queue key on it."""
         if waiter.lease is None:
             waiter.lease = await self._etcd.grant(self._ttl)
@@ -469,7 +371,7 @@ class FleetBudget:
         await self._etcd.txn((), [put_op(b64(key), waiter.run_id, waiter.lease)])
         waiter.queue_key = key
 
-    def _granted(self, table: _Table, slot: Slot, waited: bool) -> SlotOutcome:
+    def _granted(self, table: Table, slot: Slot, waited: bool) -> SlotOutcome:
         others = sorted(n for n in table.holders if n != self._node)
         self._held[slot.lease] = slot
         self.stats.held = len(self._held)
@@ -479,7 +381,7 @@ class FleetBudget:
         reason = f"took slot {len(others) + 1} of {table.budget} in group {self.group!r}{held}"
         return SlotOutcome(Decision(GATE, True, reason), slot, "granted", waited)
 
-    def _full(self, table: _Table, mine: Slot | None) -> Decision:
+    def _full(self, table: Table, mine: Slot | None) -> Decision:
         if mine is not None:
             why = f"this host already holds its slot in group {self.group!r} (run {mine.run_id})"
             return Decision(GATE, False, why)
@@ -494,7 +396,7 @@ class FleetBudget:
         self.stats.failures[cause] += 1
         return SlotOutcome(Decision(GATE, False, reason), None, cause, waited)
 
-    async def _read(self) -> _Table:
+    async def _read(self) -> Table:
         """Slots, member count and fence at one revision (a read-only transaction)."""
         reply = await self._etcd.txn(
             (),
@@ -514,7 +416,7 @@ class FleetBudget:
                 own = kv.mod_revision
         members = reply.count(1)
         fence = reply.kvs(2)
-        return _Table(
+        return Table(
             holders=holders,
             members=members,
             budget=budget_for(
@@ -526,7 +428,7 @@ class FleetBudget:
             revision=reply.revision,
         )
 
-    async def _claim(self, table: _Table, waiter: _Waiter, lease: int) -> bool:
+    async def _claim(self, table: Table, waiter: Waiter, lease: int) -> bool:
         """Put this host's slot and the fence, if neither changed since ``table`` was read.
 
         The same transaction deletes the waiter's queue key: it leaves the queue exactly
