@@ -83,7 +83,7 @@ class FleetBudgetConfig(_Frozen):
     slot_wait: Duration = timedelta(minutes=5)
     """How long a run waits for a free slot before it is skipped (0s: skip at once)."""
     poll_interval: Duration = timedelta(seconds=2)
-    """How often a waiting run looks for a free slot again (with jitter)."""
+    """How often a waiting run looks again (jittered) where no etcd watch can wake it."""
     request_timeout: Duration = timedelta(seconds=5)
     """Limit for one request to one etcd endpoint."""
     username: str | None = Field(default=None, min_length=1)

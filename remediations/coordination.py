@@ -8,6 +8,9 @@ Keys, under the configured prefix ``P`` and group ``G``:
   per run), renewed the same way. A host that dies stops renewing, etcd deletes its
   slot when the lease expires, and the slot is free again within the lease TTL.
 * ``P/fence/G``: rewritten by every acquisition; only its ``mod_revision`` matters.
+* ``P/queue/G/<node>/<lease>``: a host waiting for a slot, on the lease its slot will
+  use. Waiters are served oldest ``create_revision`` first (etcd's fair-semaphore
+  recipe); the claim that takes the slot deletes the queue key in the same transaction.
 
 The budget is ``max_disruptive``, ``max_disruptive_percent`` of the live members
 (rounded down, but at least 1 while the percentage and the members are above 0), or
@@ -36,27 +39,41 @@ still run: choose a TTL longer than an etcd outage a run should survive. The los
 logged, counted and reported as an event; the run is not stopped (stopping a
 disruptive step half-way leaves the host worse).
 
+Waiting, and what the queue changes: one :meth:`FleetBudget.acquire` grants one lease
+(only when it queues or claims) and keeps it for every attempt; it is revoked when the
+call gives up, fails or is cancelled (which also drops the queue key), or later by
+:meth:`FleetBudget.release`. A waiter claims only while its place in the queue is below
+the free slots; the first ``budget`` waiters watch the slot keys for a delete (an etcd
+watch from the revision they read, so nothing freed in between is missed) and every
+other waiter watches the queue key just ahead of its own, so a freed slot wakes at most
+``budget`` waiters instead of all of them. A watch ends at least every third of the TTL
+to renew the waiting lease; a waiter whose lease expired queues again at the back. A
+claim that loses the compare-and-swap backs off for a random time below a bound that
+doubles per loss (10 ms up to 0.5 s) before it reads again. The queue is advice about
+*who tries*, never part of the safety argument above: the claim is the same
+compare-and-swap on the fence and the own slot key, so a stale, missing or skipped
+queue entry can delay a waiter but never let more than the budget hold slots. A waiter
+that died leaves its queue key until its lease expires, delaying those behind it by up
+to the TTL; a budget that grows (more members) is noticed at the next renewal.
+
 Fail safe: when etcd cannot be reached, :meth:`FleetBudget.acquire` refuses at once with
 ``etcd unreachable: ...`` (and when etcd refuses, e.g. bad credentials, with etcd's
 reason); non-disruptive runs never ask. A full budget is waited on up
-to ``slot_wait`` (polling with jitter), then refused. Slots are released on success,
+to ``slot_wait`` (as above), then refused. Slots are released on success,
 failure and cancellation by the engine, and by :meth:`FleetBudget.aclose` at shutdown;
 if etcd cannot be told, the lease expires within its TTL.
 """
 
 from __future__ import annotations
 
-__all__ = ["FleetBudget", "FleetStats", "Slot", "SlotOutcome", "budget_for"]
+__all__ = ["GATE", "FleetBudget", "FleetStats", "Slot", "SlotOutcome", "budget_for"]
 
 import asyncio
 import contextlib
 import json
 import logging
-import math
 import random
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import FleetBudgetConfig
@@ -65,91 +82,29 @@ from remediations.etcd import (
     EtcdError,
     TxnResult,
     b64,
+    delete_op,
     mod_equals,
     put_op,
     range_op,
+)
+from remediations.fleet_slots import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    GATE,
+    RETRIES,
+    FleetStats,
+    Pause,
+    Slot,
+    SlotOutcome,
+    Table,
+    Waiter,
+    budget_for,
 )
 from remediations.gates import Decision
 
 log = logging.getLogger(__name__)
 
-GATE = "fleet_budget"
-"""The gate name fleet budget decisions carry in the decision record."""
-
 Emit = Callable[[str, str | None, Mapping[str, Any]], None]
-
-
-def budget_for(count: int | None, percent: float | None, members: int) -> int:
-    """Slots a group may hold: the smaller of ``count`` and ``percent`` of ``members``.
-
-    A percentage rounds down (10% of 15 hosts is 1), but is at least 1 while it is above
-    0 and there are members: a small group must still be able to remediate one host.
-    """
-    limits = [] if count is None else [count]
-    if percent is not None:
-        share = math.floor(percent * members / 100 + 1e-9)
-        limits.append(max(share, 1) if members > 0 else 0)
-    return min(limits) if limits else 0
-
-
-@dataclass(slots=True)
-class Slot:
-    """A slot held for one run.
-
-    Attributes:
-        run_id: the run it was taken for.
-        lease: the slot lease's id.
-        lost: the lease expired while held (etcd unreachable too long).
-    """
-
-    run_id: str
-    lease: int
-    lost: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SlotOutcome:
-    """What :meth:`FleetBudget.acquire` decided.
-
-    Attributes:
-        decision: the ``fleet_budget`` gate decision for the decision record.
-        slot: the slot when granted.
-        cause: ``granted``, ``budget_full``, ``etcd_unreachable`` or ``etcd_refused``.
-        waited: it waited for a slot (the caller should check its gates again).
-    """
-
-    decision: Decision
-    slot: Slot | None
-    cause: str
-    waited: bool = False
-
-
-@dataclass(slots=True)
-class FleetStats:
-    """What the metrics read of the budget.
-
-    Attributes:
-        held: slots this agent holds now.
-        in_use: slots held in the group at the last read.
-        budget: the group's budget at the last read.
-        failures: refused acquisitions by cause.
-        lost: slots whose lease expired while held.
-    """
-
-    held: int = 0
-    in_use: int = 0
-    budget: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    lost: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Table:
-    holders: dict[str, str]  # node -> run
-    members: int
-    budget: int
-    fence_revision: int
-    own_revision: int
 
 
 class FleetBudget:
@@ -186,6 +141,7 @@ class FleetBudget:
         self._members = f"{base}/members/{config.group}/"
         self._slots = f"{base}/slots/{config.group}/"
         self._fence = f"{base}/fence/{config.group}"
+        self._queue = f"{base}/queue/{config.group}/"
         self._ttl = max(2, round(config.lease_ttl.total_seconds()))
         self._member_lease: int | None = None
         self._member_lock = asyncio.Lock()
@@ -292,65 +248,140 @@ class FleetBudget:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.slot_wait.total_seconds()
-        poll = self._config.poll_interval.total_seconds()
+        waiter = Waiter(run_id)
         waited = False
-        while True:
-            try:
-                outcome = await self._try_once(run_id, waited=waited)
-            except EtcdError as err:
-                if err.code is not None:  # it answered, and said no (auth, permissions)
-                    return self._refuse("etcd_refused", str(err), waited)
-                self._set_reachable(False, str(err))
-                return self._refuse("etcd_unreachable", f"etcd unreachable: {err}", waited)
-            if outcome.slot is not None:
-                return outcome
-            if loop.time() + poll > deadline:
-                reason = outcome.decision.reason
-                if waited:
-                    reason += f"; waited {self._config.slot_wait.total_seconds():g}s"
-                return self._refuse("budget_full", reason, waited)
-            if not waited and on_wait is not None:
-                on_wait(outcome.decision.reason)
-            waited = True
-            await asyncio.sleep(poll * random.uniform(0.5, 1.5))  # noqa: S311  (jitter)
-
-    async def _try_once(self, run_id: str, *, waited: bool) -> SlotOutcome:
-        await self._join()
-        while True:
-            async with self._claim_lock:
-                table = await self._read()
-                self.stats.in_use = len(table.holders)
-                self.stats.budget = table.budget
-                mine = next(iter(self._held.values()), None)
-                others = sorted(n for n in table.holders if n != self._node)
-                if mine is not None or len(others) >= table.budget:
-                    return SlotOutcome(self._full(table, mine), None, "budget_full")
-                lease = await self._etcd.grant(self._ttl)
+        try:
+            while True:
                 try:
-                    done = await self._claim(table, lease, run_id)
-                except BaseException:
-                    # The claim may or may not have committed: without keepalives the
-                    # slot (if any) is gone within the TTL; revoking frees it now.
-                    with contextlib.suppress(EtcdError):
-                        await self._etcd.revoke(lease)
-                    raise
-                if done:
-                    slot = Slot(run_id, lease)
-                    self._held[lease] = slot
-                    self.stats.held = len(self._held)
-                    self.stats.in_use = len(others) + 1
-                    self._set_reachable(True, "")
-                    held = f"; others: {', '.join(others)}" if others else ""
-                    reason = (
-                        f"took slot {len(others) + 1} of {table.budget} in group "
-                        f"{self.group!r}{held}"
-                    )
-                    return SlotOutcome(Decision(GATE, True, reason), slot, "granted", waited)
-                await self._etcd.revoke(lease)
-            # Another host acquired between the read and the claim: read again.
-            await asyncio.sleep(random.uniform(0, 0.01))  # noqa: S311  (jitter)
+                    outcome, pause = await self._try_once(waiter, waited=waited)
+                except EtcdError as err:
+                    if err.code is not None:  # it answered, and said no (auth, permissions)
+                        return self._refuse("etcd_refused", str(err), waited)
+                    self._set_reachable(False, str(err))
+                    return self._refuse("etcd_unreachable", f"etcd unreachable: {err}", waited)
+                if outcome.slot is not None:
+                    waiter.lease = None  # the slot's now: released by release()
+                    return outcome
+                remaining = deadline - loop.time()
+                if remaining <= 0 and not (pause.retry and waiter.losses <= RETRIES):
+                    reason = outcome.decision.reason
+                    if waited:
+                        reason += f"; waited {self._config.slot_wait.total_seconds():g}s"
+                    return self._refuse("budget_full", reason, waited)
+                if not pause.retry:  # a back-off after a lost claim is not waiting
+                    if not waited and on_wait is not None:
+                        on_wait(outcome.decision.reason)
+                    waited = True
+                await self._pause(pause, remaining)
+        finally:
+            if waiter.lease is not None:  # gave up, failed or cancelled: leave the queue
+                with contextlib.suppress(EtcdError):
+                    await self._etcd.revoke(waiter.lease)
 
-    def _full(self, table: _Table, mine: Slot | None) -> Decision:
+    async def _pause(self, pause: Pause, remaining: float) -> None:
+        """Back off, or watch until the key ``pause`` names is deleted (bounded waits)."""
+        if pause.key is None:
+            await asyncio.sleep(pause.delay if pause.retry else min(pause.delay, remaining))
+            return
+        # Wake at least every third of the TTL to renew the waiting lease.
+        timeout = min(remaining, self._ttl / 3)
+        try:
+            await self._etcd.wait_deleted(
+                pause.key, prefix=pause.prefix, after=pause.revision, within=timeout
+            )
+        except EtcdError:  # the next read says whether etcd is there
+            await asyncio.sleep(min(self._poll(), remaining))
+
+    def _poll(self) -> float:
+        return self._config.poll_interval.total_seconds() * random.uniform(0.5, 1.5)  # noqa: S311
+
+    async def _try_once(self, waiter: Waiter, *, waited: bool) -> tuple[SlotOutcome, Pause]:
+        await self._join()
+        async with self._claim_lock:
+            await self._renew(waiter)
+            table = await self._read()
+            mine = next(iter(self._held.values()), None)
+            if mine is None and waiter.queue_key not in (None, *table.queue):
+                waiter.forget()  # its lease expired while it waited: queue again
+            if (
+                mine is None
+                and waiter.queue_key is None
+                and self._config.slot_wait.total_seconds() > 0  # it will wait: queue
+                and (table.queue or self._free(table) <= 0)
+            ):
+                await self._enqueue(waiter)
+                table = await self._read()
+            self.stats.in_use = len(table.holders)
+            self.stats.budget = table.budget
+            free = self._free(table)
+            rank = table.queue.index(waiter.queue_key) if waiter.queue_key else 0
+            if mine is not None or rank >= free:
+                return SlotOutcome(self._full(table, mine), None, "budget_full"), self._watch(
+                    table, rank, mine
+                )
+            if waiter.lease is None:
+                waiter.lease = await self._etcd.grant(self._ttl)
+                waiter.renewed = asyncio.get_running_loop().time()
+            lease = waiter.lease
+            if await self._claim(table, waiter, lease):
+                return self._granted(table, Slot(waiter.run_id, lease), waited), Pause()
+            # Another host took the slot between the read and the claim: back off with
+            # jitter, doubling the bound on every loss (capped), then read again.
+            waiter.losses += 1
+            self.stats.claims_lost += 1
+            bound = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(waiter.losses, 8))
+            reason = f"lost a slot to another host in group {self.group!r}"
+            pause = Pause(delay=random.uniform(0, bound), retry=True)  # noqa: S311  (jitter)
+            return SlotOutcome(Decision(GATE, False, reason), None, "budget_full"), pause
+
+    def _free(self, table: Table) -> int:
+        return table.budget - sum(1 for n in table.holders if n != self._node)
+
+    def _watch(self, table: Table, rank: int, mine: Slot | None) -> Pause:
+        """What a waiter that may not claim now waits for.
+
+        The first ``budget`` in the queue watch the slots (one of them is next when a
+        slot is freed); the others watch the queue key just ahead of their own, so a
+        freed slot wakes at most ``budget`` waiters, not all of them.
+        """
+        if mine is not None or table.budget <= 0:
+            return Pause(delay=self._poll())  # nothing to watch: poll with jitter
+        if rank < table.budget or rank == 0:
+            return Pause(key=self._slots, prefix=True, revision=table.revision)
+        return Pause(key=table.queue[rank - 1], revision=table.revision)
+
+    async def _renew(self, waiter: Waiter) -> None:
+        """Keep the waiting lease (and so the queue key) alive while it waits."""
+        now = asyncio.get_running_loop().time()
+        if waiter.lease is None or now - waiter.renewed < self._ttl / 3:
+            return
+        if await self._etcd.keepalive(waiter.lease) > 0:
+            waiter.renewed = now
+        else:
+            log.warning("fleet budget: the waiting lease of run %s expired", waiter.run_id)
+            waiter.lease = None
+            waiter.forget()
+
+    async def _enqueue(self, waiter: Waiter) -> None:
+        """Grant the waiter's lease (once per acquire) and put its queue key on it."""
+        if waiter.lease is None:
+            waiter.lease = await self._etcd.grant(self._ttl)
+            waiter.renewed = asyncio.get_running_loop().time()
+        key = f"{self._queue}{self._node}/{waiter.lease:x}"
+        await self._etcd.txn((), [put_op(b64(key), waiter.run_id, waiter.lease)])
+        waiter.queue_key = key
+
+    def _granted(self, table: Table, slot: Slot, waited: bool) -> SlotOutcome:
+        others = sorted(n for n in table.holders if n != self._node)
+        self._held[slot.lease] = slot
+        self.stats.held = len(self._held)
+        self.stats.in_use = len(others) + 1
+        self._set_reachable(True, "")
+        held = f"; others: {', '.join(others)}" if others else ""
+        reason = f"took slot {len(others) + 1} of {table.budget} in group {self.group!r}{held}"
+        return SlotOutcome(Decision(GATE, True, reason), slot, "granted", waited)
+
+    def _full(self, table: Table, mine: Slot | None) -> Decision:
         if mine is not None:
             why = f"this host already holds its slot in group {self.group!r} (run {mine.run_id})"
             return Decision(GATE, False, why)
@@ -365,7 +396,7 @@ class FleetBudget:
         self.stats.failures[cause] += 1
         return SlotOutcome(Decision(GATE, False, reason), None, cause, waited)
 
-    async def _read(self) -> _Table:
+    async def _read(self) -> Table:
         """Slots, member count and fence at one revision (a read-only transaction)."""
         reply = await self._etcd.txn(
             (),
@@ -373,6 +404,7 @@ class FleetBudget:
                 range_op(self._slots, prefix=True),
                 range_op(self._members, prefix=True, count_only=True),
                 range_op(self._fence),
+                range_op(self._queue, prefix=True, by_creation=True),
             ],
         )
         holders: dict[str, str] = {}
@@ -384,7 +416,7 @@ class FleetBudget:
                 own = kv.mod_revision
         members = reply.count(1)
         fence = reply.kvs(2)
-        return _Table(
+        return Table(
             holders=holders,
             members=members,
             budget=budget_for(
@@ -392,19 +424,35 @@ class FleetBudget:
             ),
             fence_revision=fence[0].mod_revision if fence else 0,
             own_revision=own,
+            queue=[kv.key for kv in reply.kvs(3)],
+            revision=reply.revision,
         )
 
-    async def _claim(self, table: _Table, lease: int, run_id: str) -> bool:
-        """Put this host's slot and the fence, if neither changed since ``table`` was read."""
+    async def _claim(self, table: Table, waiter: Waiter, lease: int) -> bool:
+        """Put this host's slot and the fence, if neither changed since ``table`` was read.
+
+        The same transaction deletes the waiter's queue key: it leaves the queue exactly
+        when it takes the slot.
+        """
         slot_key = b64(self._slots + self._node)
-        value = json.dumps({"node": self._node, "run": run_id})
-        reply: TxnResult = await self._etcd.txn(
-            [
-                mod_equals(b64(self._fence), table.fence_revision),
-                mod_equals(slot_key, table.own_revision),
-            ],
-            [put_op(slot_key, value, lease), put_op(b64(self._fence), self._node, 0)],
-        )
+        value = json.dumps({"node": self._node, "run": waiter.run_id})
+        ops = [put_op(slot_key, value, lease), put_op(b64(self._fence), self._node, 0)]
+        if waiter.queue_key is not None:
+            ops.append(delete_op(b64(waiter.queue_key)))
+        try:
+            reply: TxnResult = await self._etcd.txn(
+                [
+                    mod_equals(b64(self._fence), table.fence_revision),
+                    mod_equals(slot_key, table.own_revision),
+                ],
+                ops,
+            )
+        except EtcdError as err:
+            if "lease not found" not in str(err):
+                raise
+            waiter.lease = None  # expired while waiting: a new one, and queue again
+            waiter.forget()
+            return False
         return reply.succeeded
 
     async def release(self, slot: Slot) -> None:

@@ -2,7 +2,8 @@
 
 etcd serves its gRPC API as JSON over HTTP (the grpc-gateway): ``POST /v3/kv/range``,
 ``/v3/kv/txn``, ``/v3/lease/grant``, ``/v3/lease/keepalive``, ``/v3/lease/revoke`` and
-``/v3/auth/authenticate``, with keys and values base64-encoded and 64-bit integers as
+``/v3/auth/authenticate``, and the streaming ``POST /v3/watch`` (one JSON object a
+line), with keys and values base64-encoded and 64-bit integers as
 JSON strings. etcd 3.4 and later serve these ``/v3/`` paths (3.4 also ``/v3beta/``).
 
 Why the gateway and not a client library: the Python etcd v3 clients are either
@@ -24,12 +25,14 @@ __all__ = [
     "KeyValue",
     "TxnResult",
     "b64",
+    "delete_op",
     "mod_equals",
     "prefix_end",
     "put_op",
     "range_op",
 ]
 
+import asyncio
 import base64
 import json
 import ssl
@@ -243,6 +246,66 @@ class EtcdClient:
             if "lease not found" not in str(err):
                 raise
 
+    async def wait_deleted(self, key: str, *, prefix: bool, after: int, within: float) -> bool:
+        """Wait up to ``within`` seconds for ``key`` (or a key under it) to be deleted.
+
+        A watch from revision ``after + 1`` with puts filtered out, so a delete between
+        the caller's read at ``after`` and the watch's start is not missed. Returns True
+        when a delete was seen (or etcd ended the watch, e.g. history compacted: the
+        caller reads again either way), False when the time ran out.
+
+        Raises:
+            EtcdError: the endpoint did not answer or refused the watch.
+        """
+        request: dict[str, Any] = {
+            "key": b64(key),
+            "start_revision": str(after + 1),
+            "filters": ["NOPUT"],
+        }
+        if prefix:
+            request["range_end"] = b64(prefix_end(key))
+        endpoint = self._endpoints[0]
+        try:
+            if self._credentials is not None and self._token is None:
+                await self._authenticate(endpoint)
+            return await self._watch(endpoint, {"create_request": request}, within)
+        except _UnreachableError as err:
+            raise EtcdError(f"etcd watch at {endpoint}: {err}") from err
+
+    async def _watch(self, endpoint: str, body: Mapping[str, Any], within: float) -> bool:
+        if self._closed:
+            raise EtcdError("the etcd client is closed (the agent is stopping)")
+        tls = self._tls() if endpoint.startswith("https:") else True
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        headers = {"Authorization": self._token} if self._token else {}
+        stream = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total)
+        try:
+            async with asyncio.timeout(within):
+                async with self._session.post(
+                    endpoint + "/v3/watch", json=body, headers=headers, ssl=tls, timeout=stream
+                ) as resp:
+                    if resp.status != 200:
+                        text = await resp.text()
+                        raise EtcdError(
+                            f"etcd at {endpoint} refused a watch (HTTP {resp.status}): "
+                            f"{text[:200]!r}"
+                        )
+                    async for line in resp.content:
+                        reply = json.loads(line) if line.strip() else {}
+                        if reply.get("error"):
+                            raise EtcdError(f"etcd at {endpoint} ended a watch: {reply['error']}")
+                        result = reply.get("result", {})
+                        if result.get("events") or result.get("canceled"):
+                            return True
+                        if int(result.get("compact_revision", 0)):
+                            return True
+        except TimeoutError:
+            return False
+        except (aiohttp.ClientError, OSError, ValueError) as err:
+            raise EtcdError(f"etcd watch at {endpoint}: {_describe(err)}") from err
+        return True  # the stream ended: read again
+
     # -- transport ---------------------------------------------------------------------
 
     async def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -321,14 +384,26 @@ class EtcdClient:
         return reply
 
 
-def range_op(key: str, *, prefix: bool = False, count_only: bool = False) -> dict[str, Any]:
-    """A transaction's range request for ``key`` (every key under it with ``prefix``)."""
+def range_op(
+    key: str, *, prefix: bool = False, count_only: bool = False, by_creation: bool = False
+) -> dict[str, Any]:
+    """A transaction's range request for ``key`` (every key under it with ``prefix``).
+
+    ``by_creation`` returns keys only (no values), oldest ``create_revision`` first.
+    """
     body: dict[str, Any] = {"key": b64(key)}
     if prefix:
         body["range_end"] = b64(prefix_end(key))
     if count_only:
         body["count_only"] = True
+    if by_creation:
+        body.update(keys_only=True, sort_order="ASCEND", sort_target="CREATE")
     return {"request_range": body}
+
+
+def delete_op(encoded_key: str) -> dict[str, Any]:
+    """A transaction's delete of a base64 key."""
+    return {"request_delete_range": {"key": encoded_key}}
 
 
 def put_op(encoded_key: str, value: str, lease: int) -> dict[str, Any]:

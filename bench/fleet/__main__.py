@@ -59,6 +59,9 @@ def _table(summary: dict[str, Any]) -> str:
         f"  worked through in {fail['total_s']} s (ideal {fail['ideal_s']} s); "
         f"succeeded {fail['succeeded']}, skipped {fail['skipped']}, failed {fail['failed']}, "
         f"finished {fail['finished']}/{fail['failing']}",
+        f"  {fail['slot_grants'] / max(fail['total_s'], 0.01):.1f} slots granted per second; "
+        f"etcd used {fail.get('etcd_cpu_s', 0):.2f} s of CPU "
+        f"({100 * fail.get('etcd_cpu_s', 0) / max(fail['total_s'], 0.01):.0f} % of a core)",
     ]
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import secrets
 import sys
 import time
@@ -353,7 +354,9 @@ async def run_fleet(
         step = len(names) / count if count else 1
         failing = {names[int(i * step)] for i in range(count)}
         limit = 60 + 10 * count * spec.drain_seconds / spec.budget
+        etcd_cpu = _cpu_seconds(etcd.pid)
         failure = await correlated_failure(fleet, broker, etcd.url, failing, limit)
+        failure["etcd_cpu_s"] = round(_cpu_seconds(etcd.pid) - etcd_cpu, 2)
         await fleet.stop()
         return FleetResult(nodes, workers, measured, memory, failure, startup)
     finally:
@@ -361,3 +364,12 @@ async def run_fleet(
             fleet.kill()
         etcd.stop()
         broker.stop()
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU seconds ``pid`` has used (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
