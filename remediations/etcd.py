@@ -273,16 +273,11 @@ class EtcdClient:
             raise EtcdError(f"etcd watch at {endpoint}: {err}") from err
 
     async def _watch(self, endpoint: str, body: Mapping[str, Any], within: float) -> bool:
-        if self._closed:
-            raise EtcdError("the etcd client is closed (the agent is stopping)")
-        tls = self._tls() if endpoint.startswith("https:") else True
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        headers = {"Authorization": self._token} if self._token else {}
+        session, tls, headers = self._request_parts(endpoint)
         stream = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total)
         try:
             async with asyncio.timeout(within):
-                async with self._session.post(
+                async with session.post(
                     endpoint + "/v3/watch", json=body, headers=headers, ssl=tls, timeout=stream
                 ) as resp:
                     if resp.status != 200:
@@ -346,17 +341,22 @@ class EtcdClient:
             raise EtcdError(f"etcd at {endpoint} gave no auth token for user {name!r}")
         self._token = token
 
-    async def _post(self, endpoint: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _request_parts(
+        self, endpoint: str
+    ) -> tuple[aiohttp.ClientSession, ssl.SSLContext | bool, dict[str, str]]:
+        """The session (opened on first use), TLS setting and headers of a request."""
         if self._closed:
             raise EtcdError("the etcd client is closed (the agent is stopping)")
         tls = self._tls() if endpoint.startswith("https:") else True
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = {"Authorization": self._token} if self._token else {}
+        return self._session, tls, headers
+
+    async def _post(self, endpoint: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        session, tls, headers = self._request_parts(endpoint)
         try:
-            async with self._session.post(
-                endpoint + path, json=body, headers=headers, ssl=tls
-            ) as resp:
+            async with session.post(endpoint + path, json=body, headers=headers, ssl=tls) as resp:
                 text = await resp.text()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as err:

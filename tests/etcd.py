@@ -8,8 +8,9 @@ are never used. Register it per module by importing :func:`etcd_fixture`.
 
 from __future__ import annotations
 
-__all__ = ["EtcdPKI", "EtcdServer", "etcd_fixture", "etcd_get"]
+__all__ = ["EtcdPKI", "EtcdServer", "SlotWatch", "etcd_fixture", "etcd_get"]
 
+import asyncio
 import base64
 import ipaddress
 import json
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -261,6 +263,68 @@ class EtcdServer:
         body = {"key": b64(prefix), "range_end": b64(end)}
         reply = etcd_get(self.url, "/v3/kv/range", body, context=self._context)
         return [base64.b64decode(kv["key"]).decode() for kv in reply.get("kvs", ())]
+
+
+class SlotWatch:
+    """The fleet budget's slot keys as etcd's own watch reports them, independent of
+    the code under test (the tests' and the fleet bench's observer).
+
+    Attributes:
+        held: slot keys existing now.
+        most: the most slot keys held at once after any revision.
+        puts: slot keys created or rewritten.
+        grants: slot keys created.
+        revision: the last revision seen.
+        timeline: ``(monotonic seconds, slots held)`` after every revision that changed it.
+        ready: set once the watch is established.
+    """
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self._url = url
+        self._prefix = prefix
+        self.held: set[str] = set()
+        self.most = 0
+        self.puts = 0
+        self.grants = 0
+        self.revision = 0
+        self.timeline: list[tuple[float, int]] = []
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Watch until cancelled."""
+        end = self._prefix[:-1] + chr(ord(self._prefix[-1]) + 1)
+        request = {"create_request": {"key": b64(self._prefix), "range_end": b64(end)}}
+        async with (
+            aiohttp.ClientSession(read_bufsize=1 << 22) as session,
+            session.post(f"{self._url}/v3/watch", json=request, timeout=None) as resp,
+        ):
+            async for line in resp.content:
+                result = json.loads(line)["result"]
+                self._apply(result.get("events", ()))
+                self.revision = int(result["header"]["revision"])
+                self.ready.set()
+
+    def _apply(self, events: list[dict[str, Any]]) -> None:
+        revision = None
+        for event in events:
+            kv = event["kv"]
+            if kv.get("mod_revision") != revision:
+                self._record()  # the state after the previous revision
+                revision = kv.get("mod_revision")
+            key = base64.b64decode(kv["key"]).decode()
+            if event.get("type") == "DELETE":
+                self.held.discard(key)
+                continue
+            self.puts += 1
+            if key not in self.held:
+                self.held.add(key)
+                self.grants += 1
+        self._record()
+
+    def _record(self) -> None:
+        self.most = max(self.most, len(self.held))
+        if not self.timeline or self.timeline[-1][1] != len(self.held):
+            self.timeline.append((time.monotonic(), len(self.held)))
 
 
 @pytest.fixture(name="etcd")

@@ -5,7 +5,7 @@
 ``fleet/commands``, each reply timed from the publish to its arrival at the operator's
 client); :func:`correlated_failure` is phase 2 (a share of the nodes fail at once and
 work through their disruptive playbook under the etcd budget, watched by
-:class:`~bench.fleet.services.SlotWatch` and by the ``remediation`` events the nodes
+:class:`~tests.etcd.SlotWatch` and by the ``remediation`` events the nodes
 publish over MQTT). :func:`run_fleet` does both and returns the figures.
 """
 
@@ -33,10 +33,10 @@ from paho.mqtt.properties import Properties
 from agent.commands import Command, generate_keypair, load_private_key, new_nonce, sign_command
 from agent.topics import Topics
 from bench.fleet.node import PREFIX, NodeSpec
-from bench.fleet.services import FleetBroker, SlotWatch, raise_fd_limit
+from bench.fleet.services import FleetBroker, raise_fd_limit
 from bench.fleet.worker import rss_kib
 from tests.brokers import HOST
-from tests.etcd import EtcdServer
+from tests.etcd import EtcdServer, SlotWatch
 
 TOPIC_PREFIX = "nodemedic/v1"
 FINAL = ("succeeded", "skipped", "failed", "interrupted")

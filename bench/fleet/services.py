@@ -6,17 +6,14 @@ unbounded queue per client (a thousand replies arrive in one burst at the collec
 etcd is :class:`tests.etcd.EtcdServer`. Both die with the bench (``PR_SET_PDEATHSIG``)
 and are stopped by PID.
 
-:class:`SlotWatch` is an etcd watch on the budget's slot keys, independent of the
-agents: it keeps the slots held after every revision, the most at once, and a timeline.
+The independent watch on the budget's slot keys is :class:`tests.etcd.SlotWatch`, the
+same observer the fleet budget's tests use.
 """
 
 from __future__ import annotations
 
-__all__ = ["FleetBroker", "SlotWatch", "raise_fd_limit"]
+__all__ = ["FleetBroker", "raise_fd_limit"]
 
-import asyncio
-import base64
-import json
 import resource
 import shutil
 import signal
@@ -24,9 +21,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
-
-import aiohttp
 
 from tests.brokers import HOST, _die_with_parent, free_port
 
@@ -108,60 +102,3 @@ class FleetBroker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-
-
-class SlotWatch:
-    """The fleet budget's slot keys as etcd's own watch reports them.
-
-    Attributes:
-        held: slot keys existing now.
-        most: the most slot keys held at once after any revision.
-        grants: slot keys created.
-        timeline: ``(monotonic seconds, slots held)`` after every revision that changed it.
-    """
-
-    def __init__(self, url: str, prefix: str) -> None:
-        self._url = url
-        self._prefix = prefix
-        self.held: set[str] = set()
-        self.most = 0
-        self.grants = 0
-        self.timeline: list[tuple[float, int]] = []
-        self.ready = asyncio.Event()
-
-    async def run(self) -> None:
-        """Watch until cancelled."""
-        end = self._prefix[:-1] + chr(ord(self._prefix[-1]) + 1)
-        request = {"create_request": {"key": _b64(self._prefix), "range_end": _b64(end)}}
-        async with (
-            aiohttp.ClientSession(read_bufsize=1 << 22) as session,
-            session.post(f"{self._url}/v3/watch", json=request, timeout=None) as resp,
-        ):
-            async for line in resp.content:
-                result = json.loads(line)["result"]
-                self._apply(result.get("events", ()))
-                self.ready.set()
-
-    def _apply(self, events: list[dict[str, Any]]) -> None:
-        revision = None
-        for event in events:
-            kv = event["kv"]
-            if kv.get("mod_revision") != revision:
-                self._record()  # the state after the previous revision
-                revision = kv.get("mod_revision")
-            key = base64.b64decode(kv["key"]).decode()
-            if event.get("type") == "DELETE":
-                self.held.discard(key)
-            elif key not in self.held:
-                self.held.add(key)
-                self.grants += 1
-        self._record()
-
-    def _record(self) -> None:
-        self.most = max(self.most, len(self.held))
-        if not self.timeline or self.timeline[-1][1] != len(self.held):
-            self.timeline.append((time.monotonic(), len(self.held)))
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()

@@ -9,8 +9,6 @@ the bound at every revision, beside the in-process count.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import random
 import select
 import signal
@@ -21,7 +19,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-import aiohttp
 import pytest
 from pydantic import BaseModel, ConfigDict
 
@@ -34,7 +31,7 @@ from remediations.model import RunState
 from remediations.service import RemediationService
 from tests import remediation_actions
 from tests.conftest import REPO, AgentProcess, free_port, http_get, http_json, until
-from tests.etcd import EtcdPKI, EtcdServer, b64, etcd_fixture, etcd_get
+from tests.etcd import EtcdPKI, EtcdServer, SlotWatch, b64, etcd_fixture, etcd_get
 from tests.fleet_holder import PREFIX
 from tests.integration.test_remediation_agent import ENV as AGENT_ENV
 from tests.integration.test_remediation_agent import _playbook as agent_playbook
@@ -136,57 +133,6 @@ def _hold_playbook(name: str = "hold", **overrides: Any) -> Any:
     }
     data.update(overrides)
     return playbook(name, **data)
-
-
-class SlotWatch:
-    """An etcd watch on the slot keys: the keys held after every revision.
-
-    Attributes:
-        most: the most slot keys that existed at once at any revision.
-        puts: slot keys created or rewritten.
-        revision: the last revision seen.
-    """
-
-    def __init__(self, url: str, prefix: str) -> None:
-        self._url = url
-        self._prefix = prefix
-        self.keys: set[str] = set()
-        self.most = 0
-        self.puts = 0
-        self.revision = 0
-        self.ready = asyncio.Event()
-
-    async def run(self) -> None:
-        """Watch until cancelled."""
-        end = self._prefix[:-1] + chr(ord(self._prefix[-1]) + 1)
-        request = {"create_request": {"key": b64(self._prefix), "range_end": b64(end)}}
-        async with (
-            aiohttp.ClientSession(read_bufsize=1 << 22) as session,
-            session.post(f"{self._url}/v3/watch", json=request) as resp,
-        ):
-            async for line in resp.content:
-                result = json.loads(line)["result"]
-                self._apply(result.get("events", ()))
-                self.revision = int(result["header"]["revision"])
-                self.ready.set()
-
-    def _apply(self, events: list[dict[str, Any]]) -> None:
-        revision = None
-        for event in events:
-            kv = event["kv"]
-            if kv.get("mod_revision") != revision:
-                self._check()
-                revision = kv.get("mod_revision")
-            key = base64.b64decode(kv["key"]).decode()
-            if event.get("type") == "DELETE":
-                self.keys.discard(key)
-            else:
-                self.keys.add(key)
-                self.puts += 1
-        self._check()
-
-    def _check(self) -> None:
-        self.most = max(self.most, len(self.keys))
 
 
 async def _until(check: Callable[[], bool], what: str) -> None:
