@@ -474,11 +474,14 @@ class MqttPublisher:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        # The subscriptions are these exact topics (no wildcards), so equality is the
+        # match, without aiomqtt's level-by-level wildcard matcher on every command.
+        topic = message.topic.value
         incoming = IncomingCommand(
             payload=raw,
-            via=f"mqtt:{message.topic.value}",
-            retained=message.topic.matches(self._topics.fleet_pause),
-            fleet=message.topic.matches(self._topics.fleet_commands),
+            via=f"mqtt:{topic}",
+            retained=topic == self._topics.fleet_pause,
+            fleet=topic == self._topics.fleet_commands,
             response_topic=response_topic,
             correlation_data=correlation,
         )
