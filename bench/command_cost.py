@@ -35,54 +35,66 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.commands import Command, generate_keypair, load_private_key, new_nonce, sign_command
+from agent.commands import generate_keypair
 from agent.topics import Topics
 from bench.common import RESULTS, cpu_seconds
 from bench.fleet.node import NodeSpec, SyntheticLoad, node_settings
-from bench.fleet.services import FleetBroker
+from bench.fleet.run import status_command
+from bench.fleet.services import FleetBroker, raise_fd_limit
 from tests.brokers import HOST
 
-NODE = "sim-0000"
 PREFIX = "nodemedic/v1"
 
 
-# --- the node (child process) -------------------------------------------------------
+def _names(nodes: int) -> list[str]:
+    return [f"sim-{index:04d}" for index in range(nodes)]
 
 
-async def _serve_node(start: dict[str, Any]) -> None:
+# --- the nodes (child process) ------------------------------------------------------
+
+
+async def _serve_nodes(start: dict[str, Any]) -> None:
     from agent.runtime import Agent
     from bench.fleet.worker import _Silent
 
     spec = NodeSpec(**start["spec"])
-    settings = node_settings(spec, NODE, 0, Path(start["root"]))
-    remediation = settings.remediation
-    budget = remediation.fleet_budget.model_copy(update={"enabled": False})
-    settings = settings.model_copy(
-        update={"remediation": remediation.model_copy(update={"fleet_budget": budget})}
-    )
-    agent = Agent(settings, probes=[SyntheticLoad(NODE, spec.interval)], notifier=_Silent())
-    run = asyncio.create_task(agent.run(), name="node")
-    while (status := agent.mqtt_status()) is None or status.state.value != "connected":
-        if run.done():
-            run.result()
+    agents = []
+    for index, name in enumerate(_names(start["nodes"])):
+        settings = node_settings(spec, name, index, Path(start["root"]))
+        remediation = settings.remediation
+        budget = remediation.fleet_budget.model_copy(update={"enabled": False})
+        settings = settings.model_copy(
+            update={"remediation": remediation.model_copy(update={"fleet_budget": budget})}
+        )
+        probes = [SyntheticLoad(name, spec.interval)]
+        agents.append(Agent(settings, probes=probes, notifier=_Silent()))
+    runs = [asyncio.create_task(agent.run(), name=f"node-{i}") for i, agent in enumerate(agents)]
+    while not all(
+        (status := agent.mqtt_status()) is not None and status.state.value == "connected"
+        for agent in agents
+    ):
+        for run in runs:
+            if run.done():
+                run.result()
         await asyncio.sleep(0.05)
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # the bench closes stdin to stop
-    agent.request_stop()
-    await asyncio.wait_for(run, 30)
+    for agent in agents:
+        agent.request_stop()
+    await asyncio.wait_for(asyncio.gather(*runs), 60)
 
 
 def _node_main(start: dict[str, Any], profile: str | None) -> None:
     if profile is None:
-        asyncio.run(_serve_node(start))
+        asyncio.run(_serve_nodes(start))
         return
     import cProfile
 
     profiler = cProfile.Profile(time.process_time)  # CPU, not the waits
     profiler.enable()
     try:
-        asyncio.run(_serve_node(start))
+        asyncio.run(_serve_nodes(start))
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -91,33 +103,21 @@ def _node_main(start: dict[str, Any], profile: str | None) -> None:
 # --- the operator (bench process) ---------------------------------------------------
 
 
-def _command(key_file: Path) -> bytes:
-    now = int(time.time())
-    command = Command.model_validate(
-        {
-            "key_id": "operator",
-            "issuer": "bench@command-cost",
-            "selector": {"labels": {"sim": "fleet"}},
-            "kind": "status",
-            "issued_at": now,
-            "expires_at": now + 600,
-            "nonce": new_nonce(),
-        }
-    )
-    return sign_command(command, load_private_key(key_file))
-
-
 async def _send_all(
-    broker: FleetBroker, key_file: Path, pid: int, count: int, wait: float
+    broker: FleetBroker, key_file: Path, pid: int, *, nodes: int, count: int, wait: float
 ) -> list[float]:
-    """CPU seconds the node used per command, in order; commands signed beforehand."""
+    """CPU seconds the nodes used per command and node, in order; commands signed beforehand."""
     reply_topic = f"{PREFIX}/replies/bench-{secrets.token_hex(6)}"
-    topics = Topics(PREFIX, NODE)
-    accepted = topics.event("io.nodemedic.command.accepted")
-    payloads = [_command(key_file) for _ in range(count)]
+    fleet_topic = Topics(PREFIX, "-").fleet_commands
+    accepted = Topics.event_filter(PREFIX, None, "io.nodemedic.command.accepted")
+    payloads = [status_command(key_file, lifetime=600) for _ in range(count)]
     costs: list[float] = []
     async with aiomqtt.Client(
-        HOST, broker.port, identifier="bench-operator", protocol=aiomqtt.ProtocolVersion.V5
+        HOST,
+        broker.port,
+        identifier="bench-operator",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        max_queued_incoming_messages=0,
     ) as client:
         await client.subscribe(reply_topic, qos=1)
         await client.subscribe(accepted, qos=1)
@@ -128,36 +128,39 @@ async def _send_all(
             props.ResponseTopic = reply_topic
             props.CorrelationData = secrets.token_bytes(16)
             before = cpu_seconds(pid)
-            await client.publish(topics.fleet_commands, payload, qos=1, properties=props)
-            seen: set[str] = set()
+            await client.publish(fleet_topic, payload, qos=1, properties=props)
+            replies = events = 0
             async with asyncio.timeout(wait):
-                while seen != {"reply", "event"}:
+                while replies < nodes or events < nodes:
                     message = await anext(messages)
                     assert isinstance(message.payload, bytes)
                     body = json.loads(message.payload)
                     if message.topic.matches(reply_topic) and body.get("nonce") == nonce:
                         if not body.get("ok"):
                             raise RuntimeError(f"command refused: {body}")
-                        seen.add("reply")
+                        replies += 1
                     elif body.get("data", {}).get("nonce") == nonce:
-                        seen.add("event")
-            costs.append(cpu_seconds(pid) - before)
+                        events += 1
+            costs.append((cpu_seconds(pid) - before) / nodes)
     return costs
 
 
-async def measure(commands: int, profile: Path | None, wait: float = 30.0) -> dict[str, Any]:
-    """Start broker and node, send ``commands`` commands, stop both; the figures."""
+async def measure(
+    *, nodes: int, commands: int, profile: Path | None, wait: float = 60.0
+) -> dict[str, Any]:
+    """Start the broker and the nodes, send ``commands`` commands, stop both; the figures."""
     with tempfile.TemporaryDirectory(prefix="nodemedic-cmdcost-") as tmp:
         root = Path(tmp)
         broker = FleetBroker(root / "mosquitto")
         key_file, pub_file = generate_keypair(root / "keys", "operator")
+        raise_fd_limit()
         broker.start()
         proc: asyncio.subprocess.Process | None = None
         try:
             spec = NodeSpec(
                 broker=broker.url, etcd="http://127.0.0.1:9", operator_key=pub_file.read_text()
             )
-            start = {"spec": spec.to_json(), "root": str(root / "nodes")}
+            start = {"spec": spec.to_json(), "root": str(root / "nodes"), "nodes": nodes}
             argv = ["--node", json.dumps(start)]
             if profile is not None:
                 argv += ["--profile", str(profile)]
@@ -171,18 +174,21 @@ async def measure(commands: int, profile: Path | None, wait: float = 30.0) -> di
             )
             assert proc.stdout is not None
             assert proc.stdin is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            line = await asyncio.wait_for(proc.stdout.readline(), 120 + nodes)
             if line.strip() != b"ready":
-                raise RuntimeError(f"the node did not start: {line!r}")
-            await _send_all(broker, key_file, proc.pid, 10, wait)  # warm every path
+                raise RuntimeError(f"the nodes did not start: {line!r}")
+            # Warm every path first (not counted).
+            await _send_all(broker, key_file, proc.pid, nodes=nodes, count=5, wait=wait)
             idle_before = cpu_seconds(proc.pid)
             await asyncio.sleep(2.0)
             idle = (cpu_seconds(proc.pid) - idle_before) / 2.0
             began = time.monotonic()
-            costs = await _send_all(broker, key_file, proc.pid, commands, wait)
+            costs = await _send_all(
+                broker, key_file, proc.pid, nodes=nodes, count=commands, wait=wait
+            )
             elapsed = time.monotonic() - began
             proc.stdin.close()
-            await asyncio.wait_for(proc.wait(), 60)
+            await asyncio.wait_for(proc.wait(), 60 + nodes)
         finally:
             if proc is not None and proc.returncode is None:
                 proc.kill()
@@ -190,6 +196,7 @@ async def measure(commands: int, profile: Path | None, wait: float = 30.0) -> di
             broker.stop()
     ordered = sorted(costs)
     return {
+        "nodes": nodes,
         "commands": commands,
         "median_ms": round(statistics.median(costs) * 1000, 3),
         "p10_ms": round(ordered[len(ordered) // 10] * 1000, 3),
@@ -205,6 +212,7 @@ def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=300)
+    parser.add_argument("--nodes", type=int, default=1, help="agents in the one node process")
     parser.add_argument("--profile", type=Path, help="cProfile the node; stats to this file")
     parser.add_argument("--node", help=argparse.SUPPRESS)  # the child's start message
     parser.add_argument("--out", type=Path, default=RESULTS / "command_cost.json")
@@ -212,10 +220,11 @@ def main() -> None:
     if args.node is not None:
         _node_main(json.loads(args.node), str(args.profile) if args.profile else None)
         return
-    result = asyncio.run(measure(args.commands, args.profile))
+    result = asyncio.run(measure(nodes=args.nodes, commands=args.commands, profile=args.profile))
     print(
-        f"command cost: {result['median_ms']} ms CPU per command, median of "
-        f"{result['commands']} (p10 {result['p10_ms']}, p90 {result['p90_ms']}, "
+        f"command cost: {result['median_ms']} ms CPU per command and node, median of "
+        f"{result['commands']} commands to {result['nodes']} nodes "
+        f"(p10 {result['p10_ms']}, p90 {result['p90_ms']}, "
         f"mean {result['mean_ms']}); idle {result['idle_ms_per_s']} ms/s; "
         f"round trip {result['round_trip_ms']} ms"
     )
