@@ -128,10 +128,16 @@ class EventTap:
                 self._received.get_nowait()
 
     def stop(self) -> None:
-        """Stop ``mosquitto_sub``."""
-        if self._proc is not None and self._proc.poll() is None:
+        """Stop ``mosquitto_sub`` and its reader."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
 
     def _read(self) -> None:
         assert self._proc is not None
