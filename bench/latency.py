@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,16 @@ class EventTap:
         Raises:
             TimeoutError: when none arrives within ``within`` seconds.
         """
+        return self.until(match, within)[-1]
+
+    def until(self, match: Callable[[Event], bool], within: float = WAIT) -> list[Delivery]:
+        """Every delivery up to and including the next whose event satisfies ``match``.
+
+        Raises:
+            TimeoutError: when none arrives within ``within`` seconds.
+        """
         deadline = time.monotonic() + within
+        got: list[Delivery] = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -118,8 +128,9 @@ class EventTap:
                 delivery = self._received.get(timeout=remaining)
             except queue.Empty:
                 continue
+            got.append(delivery)
             if match(delivery.event):
-                return delivery
+                return got
 
     def drain(self) -> None:
         """Drop every delivery received so far."""
@@ -150,6 +161,16 @@ class EventTap:
             except ValueError:
                 continue
             self._received.put(Delivery(float(stamp) - offset, event))
+
+
+def emitted_at(event: Event) -> float:
+    """When the agent emitted ``event`` (its ``time``), in CLOCK_MONOTONIC seconds.
+
+    Converted with the offset between the wall clock and CLOCK_MONOTONIC now, as the
+    subscriber's stamps are (see :class:`EventTap`).
+    """
+    epoch = datetime.fromisoformat(str(event["time"])).timestamp()
+    return epoch - (time.time() - time.monotonic())
 
 
 def is_event(kind: str, subject: str | None = None, **data: Any) -> Callable[[Event], bool]:

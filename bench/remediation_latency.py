@@ -14,9 +14,13 @@ then reads from systemd:
   clears);
 * active again: ``ActiveEnterTimestampMonotonic`` after the engine's restart.
 
-Figures: crash -> ``condition.firing`` at the subscriber, crash -> active (the headline),
-crash -> ``remediation.succeeded`` at the subscriber (that includes verification: the
-condition seen resolved).
+Figures, each from the crash: the unit active again (the headline); the
+``remediation.succeeded`` event at the subscriber (it includes verification: the condition
+seen resolved); and where the time goes, from the agent's own event times (``time``, the
+wall clock at emission, turned into CLOCK_MONOTONIC like the subscriber's stamps): the
+``condition.firing`` event emitted and received, ``remediation.started`` emitted (gates
+passed, journal written), ``remediation.step`` emitted (the restart job done and the unit
+read back).
 
 Prints n, p50/p90/p99/max and writes bench/results/remediation_latency.json.
 
@@ -35,8 +39,11 @@ from typing import Any
 from bench.common import percentiles, write_result
 from bench.latency import (
     SLEEPER,
+    Delivery,
+    EventTap,
     agent_settings,
     booted_systemd,
+    emitted_at,
     event_tap,
     is_event,
     mosquitto,
@@ -46,11 +53,14 @@ from bench.latency import (
     systemd_times,
 )
 from tests.brokers import MosquittoBroker
+from tests.nspawn import NspawnSystemd
 
 RULE = "bench-unit-failed"
 PLAYBOOK = "bench-restart"
 CRASH = "InactiveEnterTimestampMonotonic"
 ACTIVE = "ActiveEnterTimestampMonotonic"
+MILESTONES = ("condition.firing", "remediation.started", "remediation.step")
+"""The events each round's breakdown times, in the order the agent emits them."""
 
 
 def _playbook() -> dict[str, Any]:
@@ -70,14 +80,39 @@ def _playbook() -> dict[str, Any]:
     }
 
 
+def _round(container: NspawnSystemd, tap: EventTap, unit: str) -> dict[str, float]:
+    """Crash ``unit`` once; seconds from the crash to each milestone of its remediation."""
+    before = container.systemctl_show(unit, "InvocationID")["InvocationID"]
+    tap.drain()
+    container.run("systemctl", "kill", "--signal=KILL", unit)
+    got = tap.until(is_event("remediation.succeeded", PLAYBOOK, target=unit))
+    times = systemd_times(container, unit, CRASH, ACTIVE)
+    after = container.systemctl_show(unit, "ActiveState", "NRestarts", "InvocationID")
+    if after["ActiveState"] != "active" or after["InvocationID"] == before:
+        raise RuntimeError(f"{unit} was not restarted: {after}")
+    if after["NRestarts"] != "0":
+        raise RuntimeError(f"systemd restarted {unit} itself: {after}")
+    crash = times[CRASH]
+    first: dict[str, Delivery] = {}
+    for delivery in got:
+        first.setdefault(str(delivery.event["type"]).removeprefix("io.nodemedic."), delivery)
+    fired, started, step = (first[k] for k in MILESTONES)
+    return {
+        "crash -> firing emitted": emitted_at(fired.event) - crash,
+        "crash -> firing event received": fired.at - crash,
+        "crash -> run started emitted": emitted_at(started.event) - crash,
+        "crash -> unit active (engine restart)": times[ACTIVE] - crash,
+        "crash -> restart step emitted": emitted_at(step.event) - crash,
+        "crash -> succeeded event received": got[-1].at - crash,
+    }
+
+
 def rounds_of(workdir: Path, broker: MosquittoBroker, rounds: int) -> dict[str, Any]:
     """Crash a unit ``rounds`` times and time the engine bringing it back."""
-    fired: list[float] = []
-    active: list[float] = []
-    succeeded: list[float] = []
     books = workdir / "playbooks"
     books.mkdir(parents=True)
     (books / f"{PLAYBOOK}.yaml").write_text(json.dumps(_playbook()), encoding="utf-8")
+    series: dict[str, list[float]] = {}
     with booted_systemd(workdir) as container:
         unit = container.unit_name("bench-heals")
         container.install_unit(unit, SLEEPER)
@@ -94,25 +129,9 @@ def rounds_of(workdir: Path, broker: MosquittoBroker, rounds: int) -> dict[str, 
         with event_tap(broker) as tap, running_agent(workdir / "agent", settings):
             container.run("systemctl", "start", unit)
             for _ in range(rounds):
-                before = container.systemctl_show(unit, "InvocationID")["InvocationID"]
-                tap.drain()
-                container.run("systemctl", "kill", "--signal=KILL", unit)
-                got_fired = tap.next(is_event("condition.firing", RULE))
-                done = tap.next(is_event("remediation.succeeded", PLAYBOOK, target=unit))
-                times = systemd_times(container, unit, CRASH, ACTIVE)
-                after = container.systemctl_show(unit, "ActiveState", "NRestarts", "InvocationID")
-                if after["ActiveState"] != "active" or after["InvocationID"] == before:
-                    raise RuntimeError(f"{unit} was not restarted: {after}")
-                if after["NRestarts"] != "0":
-                    raise RuntimeError(f"systemd restarted {unit} itself: {after}")
-                fired.append(got_fired.at - times[CRASH])
-                active.append(times[ACTIVE] - times[CRASH])
-                succeeded.append(done.at - times[CRASH])
-    return {
-        "crash -> firing event": percentiles(fired),
-        "crash -> unit active (engine restart)": percentiles(active),
-        "crash -> succeeded event (verified)": percentiles(succeeded),
-    }
+                for name, seconds in _round(container, tap, unit).items():
+                    series.setdefault(name, []).append(seconds)
+    return {name: percentiles(values) for name, values in series.items()}
 
 
 def main() -> None:
