@@ -66,7 +66,6 @@ async def test_real_pynvml_without_a_driver_disables_the_probe_with_one_info_lin
     assert _gpu_log(caplog) == [(logging.INFO, f"probe gpu: disabled: {reason}")]
 
 
-
 @pytest.mark.skipif(nvidia_host(), reason="this host has an NVIDIA GPU or driver")
 @pytest.mark.asyncio
 async def test_real_pynvml_with_a_gpu_on_the_bus_but_no_library_fails_the_probe(
@@ -78,6 +77,7 @@ async def test_real_pynvml_with_a_gpu_on_the_bus_but_no_library_fails_the_probe(
     with pytest.raises(ProbeError, match=r"NVIDIA GPU\(s\) on the PCI bus but no driver"):
         await probe.sample()
     assert probe.disabled_reason is None
+
 
 @pytest.mark.parametrize(
     ("code", "shown"),
