@@ -7,6 +7,7 @@ __all__ = ["EX_CONFIG", "EX_SOFTWARE", "main"]
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -135,6 +136,7 @@ def _config_path(arg: Path | None) -> Path | None:
 
 def _run(settings: AgentSettings) -> int:
     configure_logging(settings.log)
+    _cap_malloc_arenas()
     try:
         code = asyncio.run(_serve(settings))
     except StoreError as err:
@@ -171,6 +173,30 @@ async def _serve(settings: AgentSettings) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     await agent.run()
     return 0
+
+
+MALLOC_ARENAS = 2
+"""glibc malloc arenas for the whole agent (glibc's default: 8 per core)."""
+
+_M_ARENA_MAX = -8  # mallopt(3), <malloc.h>
+
+
+def _cap_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas before any thread starts, as MALLOC_ARENA_MAX=2 would.
+
+    Each probe's worker thread would otherwise get an arena of its own and keep its free
+    pages resident; two arenas save about 0.8 MiB for the ~15 threads of a default run,
+    and they hardly contend for a few allocations a second. A MALLOC_ARENA_MAX in the
+    environment wins; other C libraries (musl) have no mallopt and are left alone.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def _exit_past_hung_threads(code: int) -> None:
