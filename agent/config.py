@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 import contextvars
-import difflib
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -358,6 +357,8 @@ class RuleConfig(_Frozen):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in CATALOG:
+            import difflib  # only for a misspelt name: not loaded by a valid config
+
             near = difflib.get_close_matches(value, CATALOG, n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join(near)}? " if near else ""
             raise ValueError(
