@@ -8,6 +8,10 @@ as every figure the probe reports), the owner of ``/proc/PID`` for ``user``, and
 all. Only members get their descriptors counted, and at most every ``FD_REFRESH``
 seconds each (a new member at once): the counts move slowly and cost more than the rest.
 
+On a live procfs each process's ``stat`` and ``cmdline`` stay open between runs and
+are read again with one ``pread`` (``agent.probes.proc_files`` says why that is exact
+where caching command lines is not: ``exec``, in-place title rewrites, PID reuse).
+
 A process that exits mid-run, or that the agent may not inspect, is skipped (debug log):
 on a busy host that happens every run and is not a failure.
 """
@@ -28,13 +32,23 @@ from typing import TYPE_CHECKING
 
 from agent.model import LabelSet, Sample, labelset
 from agent.probes.base import BlockingProbe, Clock
+from agent.probes.proc_files import (
+    HEADROOM,
+    HELD_FD_FLOOR,
+    HeldProcFiles,
+    raise_open_files_limit,
+)
 from agent.probes.procfs_reader import (
     ProcReader,
     ProcStat,
     cgroup_pids,
     comm_of,
+    is_procfs,
     parse_stat,
     read_pidfile,
+)
+from agent.probes.procfs_reader import (
+    decode_cmdline as decode,
 )
 
 if TYPE_CHECKING:
@@ -78,9 +92,10 @@ class _Group:
 class _Run:
     """What one run has read so far, shared by every group."""
 
+    now: float
     stats: dict[int, bytes] = field(default_factory=dict)
-    parsed: dict[int, ProcStat] = field(default_factory=dict)
-    cmdlines: dict[int, str] = field(default_factory=dict)
+    parsed: dict[int, tuple[bytes, ProcStat]] = field(default_factory=dict)
+    cmdlines: dict[int, tuple[bytes, str]] = field(default_factory=dict)
     uids: dict[int, int] = field(default_factory=dict)
     ticks: dict[_Key, int] = field(default_factory=dict)
     fds: dict[_Key, tuple[int, int | None, float]] = field(default_factory=dict)
@@ -96,6 +111,8 @@ class ProcessesProbe(BlockingProbe):
         proc: where procfs is mounted (a fixture tree in tests).
         cgroup: where the cgroup hierarchies are mounted, for ``unit`` groups.
         clock: monotonic seconds.
+        hold_files: keep each process's ``stat`` and ``cmdline`` open between runs;
+            None: when ``proc`` is a live procfs and there are groups.
     """
 
     def __init__(
@@ -107,9 +124,16 @@ class ProcessesProbe(BlockingProbe):
         proc: Path = Path("/proc"),
         cgroup: Path = Path("/sys/fs/cgroup"),
         clock: Clock = time.monotonic,
+        hold_files: bool | None = None,
     ) -> None:
         super().__init__(name="processes", interval=interval, timeout=timeout, clock=clock)
-        self._reader = ProcReader(proc)
+        if hold_files is None:
+            hold_files = bool(groups) and is_procfs(proc)
+        self._files: HeldProcFiles | None = None
+        if hold_files:
+            capacity = raise_open_files_limit() - HELD_FD_FLOOR - HEADROOM
+            self._files = HeldProcFiles(str(proc), capacity=max(0, capacity))
+        self._reader = ProcReader(proc, files=self._files)
         self._cgroup = cgroup
         self._groups = [
             _Group(
@@ -123,13 +147,14 @@ class ProcessesProbe(BlockingProbe):
         self._previous_ticks: dict[_Key, int] = {}
         self._previous_fds: dict[_Key, tuple[int, int | None, float]] = {}
         self._previous_uptime: float | None = None
+        self._previous_run = _Run(now=0.0)
 
     def collect(self) -> list[Sample]:
         """One pass over procfs, then each group's figures."""
         if not self._groups:
             return []
         uptime = self._reader.uptime()
-        run = _Run()
+        run = _Run(now=self._clock())
         members = self._members(run)
         samples: list[Sample] = []
         for group, pids in zip(self._groups, members, strict=True):
@@ -137,55 +162,86 @@ class ProcessesProbe(BlockingProbe):
         self._previous_ticks = run.ticks
         self._previous_fds = run.fds
         self._previous_uptime = uptime
+        self._previous_run = run
+        if self._files is not None:
+            self._files.sweep()
         return samples
+
+    def close(self) -> None:
+        """Stop the probe; its held files are closed once no run uses them."""
+        super().close()
+        files = self._files
+        if files is None:
+            return
+        running = self._running
+        if running is None:
+            files.close()
+        else:
+            # A run in progress reads them: close them in its thread when it ends (at
+            # once, here, when it already has).
+            running.add_done_callback(lambda _: files.close())
 
     def _members(self, run: _Run) -> list[list[int]]:
         """Each group's member PIDs, in the order of the groups."""
-        found: list[list[int]] = [[] for _ in self._groups]
+        found: list[list[int]] = []
+        listed: list[int] | None = None
         for group in self._groups:
             self._resolve_user(group)
-        scanned = [
-            (group, found[index])
-            for index, group in enumerate(self._groups)
-            if group.scanned and _can_match(group)
-        ]
-        if scanned:
-            for pid in self._reader.pids():
-                for group, hits in scanned:
-                    if self._matches(group, pid, run):
-                        hits.append(pid)
-        for group, hits in zip(self._groups, found, strict=True):
             if not group.scanned:
-                candidates = self._sourced(group)
-                hits.extend(pid for pid in candidates if self._matches(group, pid, run))
+                found.append(self._narrow(group, self._sourced(group), run))
+            elif _can_match(group):
+                if listed is None:
+                    listed = self._reader.pids()
+                found.append(self._narrow(group, listed, run))
+            else:
+                found.append([])
         return found
 
-    def _matches(self, group: _Group, pid: int, run: _Run) -> bool:
-        # Cheapest test first (the owner is one stat(2), stat is reused for a member's
-        # figures, cmdline is the dearest); each file is read at most once per run.
-        try:
-            if group.config.user is not None:
-                uid = run.uids.get(pid)
-                if uid is None:
-                    uid = run.uids[pid] = self._reader.effective_uid(pid)
-                if uid != group.uid:
-                    return False
-            if group.comm is not None:
-                raw = run.stats.get(pid)
-                if raw is None:
-                    raw = run.stats[pid] = self._reader.stat(pid)
-                if comm_of(raw) != group.comm:
-                    return False
-            if group.cmdline is not None:
-                line = run.cmdlines.get(pid)
-                if line is None:
-                    line = run.cmdlines[pid] = self._reader.cmdline(pid)
-                if group.cmdline.search(line) is None:
-                    return False
-        except (*_GONE, PermissionError) as err:
-            log.debug("processes: skipping pid %d: %s", pid, err)
-            return False
-        return True
+    def _narrow(self, group: _Group, pids: list[int], run: _Run) -> list[int]:
+        """The PIDs that pass each of the group's matchers.
+
+        Cheapest test first (the owner is one stat(2), stat is reused for a member's
+        figures, cmdline is the dearest); each file is read at most once per run, and
+        for all the processes still in question at once.
+        """
+        if group.config.user is not None:
+            pids = [pid for pid in pids if self._uid(pid, run) == group.uid]
+        if group.comm is not None:
+            stats = self._stats(pids, run)
+            pids = [pid for pid in pids if pid in stats and comm_of(stats[pid]) == group.comm]
+        if group.cmdline is not None:
+            lines = self._cmdlines(pids, run)
+            search = group.cmdline.search
+            pids = [pid for pid in pids if pid in lines and search(lines[pid][1]) is not None]
+        return pids
+
+    def _uid(self, pid: int, run: _Run) -> int | None:
+        uid = run.uids.get(pid)
+        if uid is None:
+            try:
+                uid = run.uids[pid] = self._reader.effective_uid(pid)
+            except (*_GONE, PermissionError) as err:
+                log.debug("processes: skipping pid %d: %s", pid, err)
+        return uid
+
+    def _stats(self, pids: list[int], run: _Run) -> dict[int, bytes]:
+        """Raw ``stat`` of the PIDs still running, read once per run (with others')."""
+        stats = run.stats
+        missing = [pid for pid in pids if pid not in stats]
+        if missing:
+            stats.update(self._reader.read_all(missing, "stat"))
+        return stats
+
+    def _cmdlines(self, pids: list[int], run: _Run) -> dict[int, tuple[bytes, str]]:
+        """Raw and decoded ``cmdline`` of the PIDs still running; decoded when it changed."""
+        lines = run.cmdlines
+        missing = [pid for pid in pids if pid not in lines]
+        if missing:
+            known = self._previous_run.cmdlines
+            for pid, raw in self._reader.read_all(missing, "cmdline").items():
+                line = known.get(pid)
+                lines[pid] = line if line is not None and line[0] == raw else (raw, decode(raw))
+        return lines
 
     def _sourced(self, group: _Group) -> list[int]:
         """The PIDs of a pidfile or unit group; an empty list when it is not running."""
@@ -222,10 +278,18 @@ class ProcessesProbe(BlockingProbe):
     def _measure(self, group: _Group, pids: list[int], run: _Run, uptime: float) -> list[Sample]:
         tally = _Tally()
         born_after = (self._previous_uptime or 0.0) * CLOCK_TICKS
+        stats = self._stats(pids, run)
+        known, parsed = self._previous_run.parsed, run.parsed
         for pid in pids:
-            stat = self._stat(pid, run)
-            if stat is None:
-                continue
+            raw = stats.get(pid)
+            if raw is None:
+                continue  # gone
+            # An idle process's stat is the same bytes run after run: parsed once.
+            old = parsed.get(pid) or known.get(pid)
+            if old is None or old[0] != raw:
+                old = (raw, parse_stat(raw))
+            parsed[pid] = old
+            stat = old[1]
             key = (pid, stat.start)
             run.ticks[key] = stat.ticks
             before = self._previous_ticks.get(key)
@@ -251,7 +315,7 @@ class ProcessesProbe(BlockingProbe):
         They are the dearest figures after the scan itself and move slowly; a process
         seen for the first time is read at once. None when they cannot be read.
         """
-        now = self._clock()
+        now = run.now
         known = self._previous_fds.get(key)
         if known is not None and now - known[2] < FD_REFRESH:
             run.fds[key] = known
@@ -265,18 +329,6 @@ class ProcessesProbe(BlockingProbe):
             return None
         run.fds[key] = (open_fds, limit, now)
         return open_fds, limit
-
-    def _stat(self, pid: int, run: _Run) -> ProcStat | None:
-        stat = run.parsed.get(pid)
-        if stat is not None:
-            return stat
-        try:
-            raw = run.stats.get(pid) or self._reader.stat(pid)
-        except (*_GONE, PermissionError) as err:
-            log.debug("processes: pid %d gone: %s", pid, err)
-            return None
-        stat = run.parsed[pid] = parse_stat(raw)
-        return stat
 
     def _samples(self, group: _Group, tally: _Tally, uptime: float) -> list[Sample]:
         config, labels = group.config, group.labels
