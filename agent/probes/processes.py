@@ -280,6 +280,7 @@ class ProcessesProbe(BlockingProbe):
         born_after = (self._previous_uptime or 0.0) * CLOCK_TICKS
         stats = self._stats(pids, run)
         known, parsed = self._previous_run.parsed, run.parsed
+        previous_fds, now = self._previous_fds, run.now
         for pid in pids:
             raw = stats.get(pid)
             if raw is None:
@@ -299,9 +300,13 @@ class ProcessesProbe(BlockingProbe):
                 # Started since the previous run: all its CPU time is new.
                 new_ticks = stat.ticks if stat.start >= born_after else 0
             tally.add(key, stat, new_ticks)
-            descriptors = self._descriptors(key, run)
+            descriptors = previous_fds.get(key)
+            if descriptors is not None and now - descriptors[2] < FD_REFRESH:
+                run.fds[key] = descriptors  # the common case, inline
+            else:
+                descriptors = self._descriptors(key, run)
             if descriptors is not None:
-                tally.add_fds(*descriptors)
+                tally.add_fds(descriptors[0], descriptors[1])
         current = frozenset(tally.keys)
         if group.last_members and current - group.last_members:
             group.restarts += 1
@@ -309,17 +314,14 @@ class ProcessesProbe(BlockingProbe):
             group.last_members = current
         return self._samples(group, tally, uptime)
 
-    def _descriptors(self, key: _Key, run: _Run) -> tuple[int, int | None] | None:
-        """A member's open descriptors and NOFILE limit, read at most every FD_REFRESH s.
+    def _descriptors(self, key: _Key, run: _Run) -> tuple[int, int | None, float] | None:
+        """A member's open descriptors and NOFILE limit, read now; None when unreadable.
 
-        They are the dearest figures after the scan itself and move slowly; a process
-        seen for the first time is read at once. None when they cannot be read.
+        They are the dearest figures after the scan itself and move slowly, so
+        ``_measure`` reuses them for ``FD_REFRESH`` seconds; a process seen for the
+        first time is read at once.
         """
         now = run.now
-        known = self._previous_fds.get(key)
-        if known is not None and now - known[2] < FD_REFRESH:
-            run.fds[key] = known
-            return known[0], known[1]
         pid = key[0]
         try:
             open_fds = self._reader.fd_count(pid)
@@ -327,8 +329,8 @@ class ProcessesProbe(BlockingProbe):
         except (OSError, ValueError) as err:
             log.debug("processes: no descriptors for pid %d: %s", pid, err)
             return None
-        run.fds[key] = (open_fds, limit, now)
-        return open_fds, limit
+        descriptors = run.fds[key] = (open_fds, limit, now)
+        return descriptors
 
     def _samples(self, group: _Group, tally: _Tally, uptime: float) -> list[Sample]:
         config, labels = group.config, group.labels

@@ -137,8 +137,7 @@ class ProcReader:
         Raises:
             OSError: when procfs cannot be listed.
         """
-        with os.scandir(self.proc) as entries:
-            return [int(entry.name) for entry in entries if entry.name.isdigit()]
+        return [int(name) for name in os.listdir(self._prefix) if name.isdigit()]
 
     def read_all(self, pids: list[int], name: str) -> dict[int, bytes]:
         """``/proc/PID/<name>`` of each PID; a process gone or off limits is left out."""
