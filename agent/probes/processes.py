@@ -113,6 +113,7 @@ class ProcessesProbe(BlockingProbe):
         clock: monotonic seconds.
         hold_files: keep each process's ``stat`` and ``cmdline`` open between runs;
             None: when ``proc`` is a live procfs and there are groups.
+        fd_refresh: seconds a member's descriptor count and limit are reused.
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class ProcessesProbe(BlockingProbe):
         cgroup: Path = Path("/sys/fs/cgroup"),
         clock: Clock = time.monotonic,
         hold_files: bool | None = None,
+        fd_refresh: float = FD_REFRESH,
     ) -> None:
         super().__init__(name="processes", interval=interval, timeout=timeout, clock=clock)
         if hold_files is None:
@@ -134,6 +136,7 @@ class ProcessesProbe(BlockingProbe):
             capacity = raise_open_files_limit() - HELD_FD_FLOOR - HEADROOM
             self._files = HeldProcFiles(str(proc), capacity=max(0, capacity))
         self._reader = ProcReader(proc, files=self._files)
+        self._fd_refresh = fd_refresh
         self._cgroup = cgroup
         self._groups = [
             _Group(
@@ -276,11 +279,16 @@ class ProcessesProbe(BlockingProbe):
             _report_problem(group, "user", None)
 
     def _measure(self, group: _Group, pids: list[int], run: _Run, uptime: float) -> list[Sample]:
+        # The hottest loop of the probe (once per member per run): locals, no calls in
+        # the common case.
         tally = _Tally()
         born_after = (self._previous_uptime or 0.0) * CLOCK_TICKS
         stats = self._stats(pids, run)
         known, parsed = self._previous_run.parsed, run.parsed
-        previous_fds, now = self._previous_fds, run.now
+        previous_ticks, ticks = self._previous_ticks, run.ticks
+        keys = tally.keys
+        threads = zombies = rss_pages = new_ticks = 0
+        oldest: int | None = None
         for pid in pids:
             raw = stats.get(pid)
             if raw is None:
@@ -292,33 +300,56 @@ class ProcessesProbe(BlockingProbe):
             parsed[pid] = old
             stat = old[1]
             key = (pid, stat.start)
-            run.ticks[key] = stat.ticks
-            before = self._previous_ticks.get(key)
+            keys.add(key)
+            ticks[key] = stat.ticks
+            before = previous_ticks.get(key)
             if before is not None:
-                new_ticks = max(0, stat.ticks - before)
-            else:
-                # Started since the previous run: all its CPU time is new.
-                new_ticks = stat.ticks if stat.start >= born_after else 0
-            tally.add(key, stat, new_ticks)
-            descriptors = previous_fds.get(key)
-            if descriptors is not None and now - descriptors[2] < FD_REFRESH:
-                run.fds[key] = descriptors  # the common case, inline
-            else:
-                descriptors = self._descriptors(key, run)
-            if descriptors is not None:
-                tally.add_fds(descriptors[0], descriptors[1])
-        current = frozenset(tally.keys)
+                if stat.ticks > before:
+                    new_ticks += stat.ticks - before
+            elif stat.start >= born_after:
+                new_ticks += stat.ticks  # started since the previous run: all of it is new
+            threads += stat.threads
+            rss_pages += stat.rss_pages
+            if stat.state == b"Z":
+                zombies += 1
+            if oldest is None or stat.start < oldest:
+                oldest = stat.start
+        tally.threads, tally.zombies, tally.rss_pages = threads, zombies, rss_pages
+        tally.ticks, tally.oldest = new_ticks, oldest
+        self._count_descriptors(keys, run, tally)
+        current = frozenset(keys)
         if group.last_members and current - group.last_members:
             group.restarts += 1
         if current:
             group.last_members = current
         return self._samples(group, tally, uptime)
 
+    def _count_descriptors(self, keys: set[_Key], run: _Run, tally: _Tally) -> None:
+        """Add the members' descriptors and their highest use of the limit to ``tally``."""
+        previous_fds, fds, now, refresh = self._previous_fds, run.fds, run.now, self._fd_refresh
+        counted = False
+        open_fds, ratio = 0, 0.0
+        for key in keys:
+            descriptors = previous_fds.get(key)
+            if descriptors is not None and now - descriptors[2] < refresh:
+                fds[key] = descriptors  # the common case, inline
+            else:
+                descriptors = self._descriptors(key, run)
+                if descriptors is None:
+                    continue
+            counted = True
+            open_fds += descriptors[0]
+            limit = descriptors[1]
+            if limit and descriptors[0] / limit > ratio:
+                ratio = descriptors[0] / limit
+        if counted:
+            tally.fds, tally.fds_ratio = open_fds, ratio
+
     def _descriptors(self, key: _Key, run: _Run) -> tuple[int, int | None, float] | None:
         """A member's open descriptors and NOFILE limit, read now; None when unreadable.
 
         They are the dearest figures after the scan itself and move slowly, so
-        ``_measure`` reuses them for ``FD_REFRESH`` seconds; a process seen for the
+        ``_count_descriptors`` reuses them for ``fd_refresh`` seconds; a process seen for the
         first time is read at once.
         """
         now = run.now
@@ -375,21 +406,6 @@ class _Tally:
     oldest: int | None = None
     fds: int | None = None
     fds_ratio: float = 0.0
-
-    def add(self, key: _Key, stat: ProcStat, new_ticks: int) -> None:
-        """Count one member."""
-        self.keys.add(key)
-        self.threads += stat.threads
-        self.rss_pages += stat.rss_pages
-        self.zombies += stat.state == b"Z"
-        self.ticks += new_ticks
-        self.oldest = stat.start if self.oldest is None else min(self.oldest, stat.start)
-
-    def add_fds(self, open_fds: int, limit: int | None) -> None:
-        """Count one member's descriptors; ``limit`` None is unlimited."""
-        self.fds = (self.fds or 0) + open_fds
-        if limit:
-            self.fds_ratio = max(self.fds_ratio, open_fds / limit)
 
 
 def _can_match(group: _Group) -> bool:
