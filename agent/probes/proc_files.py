@@ -195,7 +195,11 @@ class HeldProcFiles:
     def _report_full(self, why: str) -> None:
         # Said once: at the limit, files of short-lived processes come and go every run.
         if not self._full:
-            log.info("processes: reading process files afresh beyond this point: %s", why)
+            log.info(
+                "processes: no room to keep more process files open (%s); "
+                "reading the others afresh each run",
+                why,
+            )
             self._full = True
 
     def _drop(self, held: dict[int, int], pid: int, fd: int) -> None:
