@@ -43,12 +43,10 @@ from agent.probes.procfs_reader import (
     ProcStat,
     cgroup_pids,
     comm_of,
+    decode_cmdline,
     is_procfs,
     parse_stat,
     read_pidfile,
-)
-from agent.probes.procfs_reader import (
-    decode_cmdline as decode,
 )
 
 if TYPE_CHECKING:
@@ -243,7 +241,9 @@ class ProcessesProbe(BlockingProbe):
             known = self._previous_run.cmdlines
             for pid, raw in self._reader.read_all(missing, "cmdline").items():
                 line = known.get(pid)
-                lines[pid] = line if line is not None and line[0] == raw else (raw, decode(raw))
+                if line is None or line[0] != raw:
+                    line = (raw, decode_cmdline(raw))
+                lines[pid] = line
         return lines
 
     def _sourced(self, group: _Group) -> list[int]:
