@@ -39,6 +39,7 @@ from agent.topics import Topics
 log = logging.getLogger(__name__)
 
 _ACK_DELAY: Final = 0.01  # seconds an acknowledgement may wait to be deleted with others
+_DEADLINE_CHECK: Final = 1.0  # seconds between checks of the oldest publish's deadline
 _BATCH_BYTES: Final = 256 * 1024  # payload bytes of one drain batch, at most
 
 
@@ -110,7 +111,8 @@ class OutboxSender:
         self._wake = asyncio.Event()
         self._more = True  # the outbox may hold rows not read yet
         self._acked: list[int] = []
-        self._first_ack = 0.0
+        self._flush_due = False  # the oldest acknowledgement waited _ACK_DELAY
+        self._timer: asyncio.TimerHandle | None = None  # the next deadline check
         # message id -> (sequences it carries, loop time it was handed over), oldest first
         self._inflight: dict[int, tuple[tuple[int, ...], float]] = {}
 
@@ -129,7 +131,7 @@ class OutboxSender:
         if sent is None:
             return False
         if not self._acked:
-            self._first_ack = asyncio.get_running_loop().time()
+            asyncio.get_running_loop().call_later(_ACK_DELAY, self._acks_due)
         self._acked.extend(sent[0])
         self._publishes["acked"] += len(sent[0])
         self._wake.set()
@@ -137,6 +139,7 @@ class OutboxSender:
 
     def flush_acks(self) -> None:
         """Delete the acknowledged rows now; on a store failure keep them for the next try."""
+        self._flush_due = False
         if not self._acked:
             return
         acked, self._acked = self._acked, []
@@ -144,6 +147,7 @@ class OutboxSender:
             self._outbox.outbox_ack(acked)
         except Exception as err:  # a store failure: keep them and try again
             self._acked = acked + self._acked
+            self._flush_due = True
             log.error(
                 "MQTT: cannot remove %d acknowledged events from the outbox: %s", len(acked), err
             )
@@ -162,6 +166,9 @@ class OutboxSender:
         """
         loop = asyncio.get_running_loop()
         self._inflight.clear()  # a new session sends every unacknowledged row again
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._more = True
         pending: deque[OutboxEntry] = deque()
         after = 0
@@ -172,16 +179,13 @@ class OutboxSender:
             self._wake.clear()
             now = loop.time()
             self._check_deadline(now)
-            if self._acked and (
-                len(self._acked) >= self._window or now - self._first_ack >= _ACK_DELAY
-            ):
+            if self._flush_due or len(self._acked) >= self._window:
                 self.flush_acks()
             while len(self._inflight) < self._window:
-                if not pending and self._more:
-                    self._more = False
-                    rows = self._outbox.outbox_batch(after=after, limit=self._window * 4)
-                    if len(rows) == self._window * 4:
-                        self._more = True
+                if len(pending) < (self._drain_batch if batching else 1) and self._more:
+                    limit = max(self._window * 4, self._drain_batch if batching else 0)
+                    rows = self._outbox.outbox_batch(after=after, limit=limit)
+                    self._more = len(rows) == limit
                     if rows:
                         pending.extend(rows)
                         after = rows[-1].sequence
@@ -197,7 +201,9 @@ class OutboxSender:
             if closing.is_set() and not pending and not self._more and not self._inflight:
                 self.flush_acks()
                 raise DrainedError
-            await self._sleep(loop)
+            if self._inflight and self._timer is None:
+                self._timer = loop.call_later(_DEADLINE_CHECK, self._deadline_due)
+            await self._wake.wait()
 
     def _send_batch(
         self, link: EventLink, pending: deque[OutboxEntry], through: int, now: float
@@ -226,19 +232,10 @@ class OutboxSender:
                 f"event {sequences[0]} was not acknowledged within {self._timeout:g}s"
             )
 
-    async def _sleep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait for a wake-up, the oldest publish's deadline or the acknowledgement flush."""
-        deadlines: list[float] = []
-        if self._inflight:
-            deadlines.append(next(iter(self._inflight.values()))[1] + self._timeout)
-        if self._acked:
-            deadlines.append(self._first_ack + _ACK_DELAY)
-        if not deadlines:
-            await self._wake.wait()
-            return
-        delay = max(0.0, min(deadlines) - loop.time())
-        try:
-            async with asyncio.timeout(delay):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+    def _deadline_due(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    def _acks_due(self) -> None:
+        self._flush_due = True
+        self._wake.set()

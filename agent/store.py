@@ -241,10 +241,10 @@ class Store:
         delta = (0, 0, 0)
         with self._transaction("append an event to") as conn:
             (last,) = conn.execute(
-                "SELECT value FROM meta WHERE key = ?", (LAST_SEQUENCE_KEY,)
+                "UPDATE meta SET value = value + 1 WHERE key = ? RETURNING value",
+                (LAST_SEQUENCE_KEY,),
             ).fetchone()
-            sequence = int(last) + 1
-            conn.execute("UPDATE meta SET value = ? WHERE key = ?", (sequence, LAST_SEQUENCE_KEY))
+            sequence = int(last)
             conn.execute(
                 f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  (constant columns)
                 (sequence, event_id, source, type, subject, time, text),
@@ -261,9 +261,10 @@ class Store:
                 data=safe_data,
             )
             if outbox:
-                entry = OutboxEntry(
-                    sequence, type, time, dumps(event.to_cloudevent()).encode("utf-8")
-                )
+                envelope = event.to_cloudevent()
+                del envelope["data"]  # last in the envelope; its JSON is ``text`` already
+                payload = f'{dumps(envelope)[:-1]},"data":{text}}}'
+                entry = OutboxEntry(sequence, type, time, payload.encode("utf-8"))
                 delta = tally.insert(conn, entry, severity_rank(safe_data))
         tally.apply(*delta)
         if delta[2]:
