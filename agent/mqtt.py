@@ -265,7 +265,7 @@ class MqttPublisher:
         """
         self._closing.set()
         self._wake.set()
-        self._sender.wake()
+        self._sender.stop()
         task, self._task = self._task, None
         if task is None:
             return
@@ -471,7 +471,7 @@ class MqttPublisher:
                     self._publish_conditions_when_dirty(client, group), name="mqtt-conditions"
                 )
                 group.create_task(
-                    self._sender.serve(client, self._closing),
+                    self._sender.serve(client),
                     name="mqtt-outbox",
                 )
         except ExceptionGroup as errors:

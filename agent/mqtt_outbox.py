@@ -113,6 +113,7 @@ class OutboxSender:
         self._acked: list[int] = []
         self._flush_due = False  # the oldest acknowledgement waited _ACK_DELAY
         self._timer: asyncio.TimerHandle | None = None  # the next deadline check
+        self._stopping = False
         # message id -> (sequences it carries, loop time it was handed over), oldest first
         self._inflight: dict[int, tuple[tuple[int, ...], float]] = {}
 
@@ -121,8 +122,9 @@ class OutboxSender:
         self._more = True
         self._wake.set()
 
-    def wake(self) -> None:
-        """Look at the state again (e.g. a stop was requested)."""
+    def stop(self) -> None:
+        """The agent stops: publish what is queued, then end the session (DrainedError)."""
+        self._stopping = True
         self._wake.set()
 
     def acknowledged(self, mid: int) -> bool:
@@ -134,7 +136,14 @@ class OutboxSender:
             asyncio.get_running_loop().call_later(_ACK_DELAY, self._acks_due)
         self._acked.extend(sent[0])
         self._publishes["acked"] += len(sent[0])
-        self._wake.set()
+        # Wake the sender only when this frees it: a full window, a full ack batch, or
+        # the last publish of a stop. An idle sender would only find nothing to do.
+        if (
+            len(self._inflight) == self._window - 1
+            or len(self._acked) >= self._window
+            or (not self._inflight and self._stopping)
+        ):
+            self._wake.set()
         return True
 
     def flush_acks(self) -> None:
@@ -152,12 +161,11 @@ class OutboxSender:
                 "MQTT: cannot remove %d acknowledged events from the outbox: %s", len(acked), err
             )
 
-    async def serve(self, link: EventLink, closing: asyncio.Event) -> None:
-        """Publish until the link drops or, once ``closing`` is set, the outbox is empty.
+    async def serve(self, link: EventLink) -> None:
+        """Publish until the link drops or, after :meth:`stop`, the outbox is empty.
 
         Args:
             link: the session's client.
-            closing: set when the agent stops; the sender then drains and returns.
 
         Raises:
             LinkLostError: when a publish cannot be handed over or is not acknowledged
@@ -198,7 +206,7 @@ class OutboxSender:
                     row = pending.popleft()
                     mid = link.publish_event(self._topics.event(row.type), row.payload, batch=False)
                     self._inflight[mid] = ((row.sequence,), now)
-            if closing.is_set() and not pending and not self._more and not self._inflight:
+            if self._stopping and not pending and not self._more and not self._inflight:
                 self.flush_acks()
                 raise DrainedError
             if self._inflight and self._timer is None:

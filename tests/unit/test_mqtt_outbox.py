@@ -85,8 +85,7 @@ async def test_rows_leave_the_outbox_only_when_acknowledged_with_at_most_window_
     emit(store, 10)
     link = FakeLink()
     out = sender(store, window=4)
-    closing = asyncio.Event()
-    task = asyncio.create_task(out.serve(link, closing))
+    task = asyncio.create_task(out.serve(link))
     await until(lambda: len(link.sent) == 4, "the window filled")
     await asyncio.sleep(0.05)
     assert len(link.sent) == 4, "more than the window in flight"
@@ -98,8 +97,7 @@ async def test_rows_leave_the_outbox_only_when_acknowledged_with_at_most_window_
     await until(lambda: depth(store) == 8, "the two acknowledged rows deleted")
     await until(lambda: len(link.sent) == 6, "the window refilled")
 
-    closing.set()
-    out.wake()
+    out.stop()
     while not task.done():
         for mid, *_ in link.sent:
             out.acknowledged(mid)
@@ -117,7 +115,7 @@ async def test_the_backlog_goes_in_batches_and_later_events_one_per_message(stor
     emit(store, 25)  # queued before the session: the backlog
     link = FakeLink()
     out = sender(store, window=2, drain_batch=10)
-    task = asyncio.create_task(out.serve(link, asyncio.Event()))
+    task = asyncio.create_task(out.serve(link))
     await until(lambda: len(link.sent) == 2, "two batches in flight")
     for mid in (1, 2):
         out.acknowledged(mid)
@@ -148,11 +146,11 @@ async def test_an_unacknowledged_publish_ends_the_session_and_is_sent_again(
     link = FakeLink()
     out = sender(store, timeout=0.05)
     with pytest.raises(LinkLostError, match="event 1 was not acknowledged"):
-        await asyncio.wait_for(out.serve(link, asyncio.Event()), 10)
+        await asyncio.wait_for(out.serve(link), 10)
     assert depth(store) == 1
 
     again = FakeLink()
-    task = asyncio.create_task(out.serve(again, asyncio.Event()))
+    task = asyncio.create_task(out.serve(again))
     await until(lambda: len(again.sent) == 1, "the row sent again on the next session")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
