@@ -172,17 +172,25 @@ class OutboxSender:
                 within the publish timeout.
             DrainedError: when stopping and every queued event has been acknowledged.
         """
-        loop = asyncio.get_running_loop()
         self._inflight.clear()  # a new session sends every unacknowledged row again
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._more = True
-        pending: deque[OutboxEntry] = deque()
-        after = 0
         # The backlog is what was queued before this session; it may go in drain batches.
         batching = self._drain_batch > 1
         backlog_through = self._outbox.last_sequence() if batching else 0
+        try:
+            await self._send(link, batching=batching, backlog_through=backlog_through)
+        finally:
+            # Whatever was in flight when the session ended is sent again on the next.
+            self._publishes["failed"] += sum(len(s) for s, _ in self._inflight.values())
+            self._inflight.clear()
+
+    async def _send(self, link: EventLink, *, batching: bool, backlog_through: int) -> None:
+        loop = asyncio.get_running_loop()
+        pending: deque[OutboxEntry] = deque()
+        after = 0
         while True:
             self._wake.clear()
             now = loop.time()
@@ -235,7 +243,6 @@ class OutboxSender:
             return
         sequences, sent = next(iter(self._inflight.values()))
         if now - sent > self._timeout:
-            self._publishes["failed"] += len(sequences)
             raise LinkLostError(
                 f"event {sequences[0]} was not acknowledged within {self._timeout:g}s"
             )

@@ -29,7 +29,7 @@ from agent.errors import StoreCorruptError, StoreError
 from agent.ids import EventIds
 from agent.migrations import LAST_SEQUENCE_KEY, SCHEMA_VERSION, migrate
 from agent.model import Condition, Event
-from agent.store_checkpoint import COMMITS_PER_CHECKPOINT, Checkpointer
+from agent.store_checkpoint import COMMITS_PER_CHECKPOINT, WAL_BACKSTOP_PAGES, Checkpointer
 from agent.store_errors import SQLITE_CORRUPT, hint, os_error, store_error
 from agent.store_outbox import (
     OutboxEntry,
@@ -142,7 +142,7 @@ class Store:
         conn = self._connection()
         try:
             if _configure(conn, self._path):
-                conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}")
                 self._checkpointer = Checkpointer(self._path)
             _quick_check(conn, self._path)
             self._schema_version = migrate(conn, self._path)

@@ -3,15 +3,16 @@
 SQLite's automatic checkpoint runs inside the commit that crosses ``wal_autocheckpoint``
 pages, on the committing thread, and a checkpoint syncs the database file: with one
 commit per event that is a stall of milliseconds on the event loop every few hundred
-events. The :class:`~agent.store.Store` turns the automatic checkpoint off and asks a
-:class:`Checkpointer` for a passive checkpoint (which never blocks writers) after every
-:data:`COMMITS_PER_CHECKPOINT` commits. Durability is unchanged: committed transactions
+events. The :class:`~agent.store.Store` moves the automatic checkpoint up to
+:data:`WAL_BACKSTOP_PAGES` and asks a :class:`Checkpointer` for a passive checkpoint
+(which never blocks writers) after every :data:`COMMITS_PER_CHECKPOINT` commits; the
+backstop then finds most of the WAL copied already. Durability is unchanged: committed transactions
 are in the WAL either way, and a SIGKILL loses none of them.
 """
 
 from __future__ import annotations
 
-__all__ = ["COMMITS_PER_CHECKPOINT", "Checkpointer"]
+__all__ = ["COMMITS_PER_CHECKPOINT", "WAL_BACKSTOP_PAGES", "Checkpointer"]
 
 import logging
 import sqlite3
@@ -22,6 +23,10 @@ from typing import Final
 logger = logging.getLogger(__name__)
 
 COMMITS_PER_CHECKPOINT: Final = 200  # about SQLite's default of 1000 WAL pages
+# A passive checkpoint racing a steady writer never catches up with the WAL's end, and
+# only a fully checkpointed WAL is started over: the committing thread's own checkpoint
+# stays on at this many pages (16 MiB) as the backstop that bounds the file.
+WAL_BACKSTOP_PAGES: Final = 4000
 _BUSY_TIMEOUT_MS: Final = 5_000
 _JOIN_TIMEOUT: Final = 10.0  # seconds close() waits for a checkpoint under way
 

@@ -54,7 +54,12 @@ def emit(store: Store, n: int) -> None:
 
 
 def sender(
-    store: Store, *, window: int = 4, drain_batch: int = 0, timeout: float = 60.0
+    store: Store,
+    *,
+    window: int = 4,
+    drain_batch: int = 0,
+    timeout: float = 60.0,
+    publishes: Counter[str] | None = None,
 ) -> OutboxSender:
     return OutboxSender(
         store,
@@ -62,7 +67,7 @@ def sender(
         window=window,
         publish_timeout=timeout,
         drain_batch=drain_batch,
-        publishes=Counter(),
+        publishes=Counter() if publishes is None else publishes,
     )
 
 
@@ -144,10 +149,12 @@ async def test_an_unacknowledged_publish_ends_the_session_and_is_sent_again(
 ) -> None:
     emit(store, 1)
     link = FakeLink()
-    out = sender(store, timeout=0.05)
+    publishes: Counter[str] = Counter()
+    out = sender(store, timeout=0.05, publishes=publishes)
     with pytest.raises(LinkLostError, match="event 1 was not acknowledged"):
         await asyncio.wait_for(out.serve(link), 10)
     assert depth(store) == 1
+    assert publishes == Counter(failed=1), "counted as failed: it will be sent again"
 
     again = FakeLink()
     task = asyncio.create_task(out.serve(again))
