@@ -28,7 +28,7 @@ from tests.brokers import (  # the fixtures are imported to register them in thi
     mosquitto_fixture,  # noqa: F401
     mqtt_pki_fixture,  # noqa: F401
 )
-from tests.conftest import run_cli
+from tests.conftest import NODEMEDIC
 from tests.integration.test_mqtt import (
     FlappingSensors,
     Subscriber,
@@ -39,6 +39,16 @@ from tests.integration.test_mqtt import (
 )
 
 pytestmark = pytest.mark.mosquitto
+
+SENTINEL = {
+    "specversion": "1.0",
+    "id": "sentinel",
+    "source": "nodemedic://node-s",
+    "type": "io.nodemedic.test.sentinel",
+    "time": "2026-01-01T00:00:00Z",
+    "sequence": 0,
+    "data": {},
+}
 
 
 class ContentTypes:
@@ -137,12 +147,21 @@ async def test_an_outage_backlog_arrives_in_drain_batches_in_order_and_tail_show
     watcher = asyncio.create_task(content_types.run(), name="test-content-types")
     await asyncio.wait_for(content_types.ready.wait(), 10)
     config = tail_config(tmp_path, mosquitto, prefix)
-    tail = asyncio.create_task(
-        asyncio.to_thread(
-            run_cli, "events", "tail", "--config", str(config), "--count", str(queued)
+    # A retained batch of another node reaches the tail as it subscribes: its first line
+    # says the tail listens, so the backlog cannot go out before it does.
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port("anon"), timeout=3) as client:
+        await client.publish(
+            f"{prefix}/nodes/node-s/batch", json.dumps([SENTINEL]), qos=1, retain=True
         )
+    tail = await asyncio.create_subprocess_exec(
+        str(NODEMEDIC),
+        *("events", "tail", "--config", str(config), "--count", str(queued + 1)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    await asyncio.sleep(2.0)  # the CLI starts and subscribes
+    assert tail.stdout is not None
+    heard = await asyncio.wait_for(tail.stdout.readline(), 60)
+    assert b"node-s #0 io.nodemedic.test.sentinel" in heard, heard
     live_probe = FlappingSensors(count=200)
     live_probe.paused = True
     second = Agent(settings, probes=[live_probe])
@@ -186,9 +205,9 @@ async def test_an_outage_backlog_arrives_in_drain_batches_in_order_and_tail_show
     assert ("batch", "application/cloudevents-batch+json") in content_types.seen
     assert ("event", "application/cloudevents+json") in content_types.seen
 
-    result = await asyncio.wait_for(tail, 60)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    out, err = await asyncio.wait_for(tail.communicate(), 60)
+    assert tail.returncode == 0, err
+    lines = out.decode().splitlines()
     assert len(lines) == queued
     assert [int(line.split()[2].lstrip("#")) for line in lines] == list(range(1, queued + 1))
     await subscriber.stop()
