@@ -245,6 +245,8 @@ class MqttConfig(_Frozen):
     """Limit for the TCP/TLS connect and the CONNACK."""
     inflight: int = Field(default=20, ge=1, le=65535)
     """Events published but not yet acknowledged, at most; at most the broker's receive maximum."""
+    drain_batch: int = Field(default=0, ge=0, le=1000)
+    """Events per message for the outage backlog, on the ``batch`` topic; 0: one per message."""
     reconnect_min: Duration = timedelta(milliseconds=500)
     """First reconnect delay; it doubles (with jitter) up to ``reconnect_max``."""
     reconnect_max: Duration = timedelta(seconds=60)
