@@ -24,6 +24,7 @@ from __future__ import annotations
 
 # Backoff, Topics and format_event_line live in modules without aiomqtt; re-exported here.
 __all__ = [
+    "SOCKET_OPTIONS",
     "Backoff",
     "EventOutbox",
     "MqttPublisher",
@@ -41,6 +42,7 @@ import json
 import logging
 import random
 import secrets
+import socket
 import ssl
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -79,6 +81,14 @@ _STATE_TIMEOUT: Final = 5.0  # seconds for a retained status publish at connect 
 # read up to MAX_COMMAND_BYTES), and past this many waiting messages new ones are dropped
 # (paho acknowledges on receipt, so a backlog would otherwise queue here without bound).
 _MAX_INCOMING_PACKET: Final = MAX_COMMAND_BYTES + 4096
+SOCKET_OPTIONS: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+"""Every MQTT socket the agent and its CLI open: Nagle's algorithm off (paho leaves it on).
+
+With it on, a small packet written while the previous one is unacknowledged (a command's
+reply right after its PUBACK, the accepted event right after the reply) waits for the
+broker's delayed ACK, 40 ms or more on Linux. One signed command's round trip to one node
+measured 47 ms with it on and 8.7 ms with it off (``bench.command_cost``, the broker with
+``set_tcp_nodelay true``)."""
 _INCOMING_QUEUE: Final = 256
 
 
@@ -438,6 +448,7 @@ class MqttPublisher:
             ),
             keepalive=int(config.keepalive.total_seconds()),
             timeout=config.connect_timeout.total_seconds(),
+            socket_options=SOCKET_OPTIONS,
             max_inflight_messages=self._window + 2,
             max_queued_incoming_messages=_INCOMING_QUEUE,
             tls_context=tls_context,
@@ -727,6 +738,7 @@ def _oneshot_client(
         else aiomqtt.ProtocolVersion.V311,
         keepalive=int(config.keepalive.total_seconds()),
         timeout=config.connect_timeout.total_seconds(),
+        socket_options=SOCKET_OPTIONS,
         tls_context=_tls_context(config) if broker.tls else None,
         tls_insecure=(not config.tls.check_hostname) if broker.tls else None,
         logger=paho_log,

@@ -36,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.commands import generate_keypair
+from agent.mqtt import SOCKET_OPTIONS
 from agent.topics import Topics
 from bench.common import RESULTS, cpu_seconds
 from bench.fleet.node import NodeSpec, SyntheticLoad, node_settings
@@ -118,6 +119,7 @@ async def _send_all(
         identifier="bench-operator",
         protocol=aiomqtt.ProtocolVersion.V5,
         max_queued_incoming_messages=0,
+        socket_options=SOCKET_OPTIONS,
     ) as client:
         await client.subscribe(reply_topic, qos=1)
         await client.subscribe(accepted, qos=1)

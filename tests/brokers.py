@@ -428,6 +428,8 @@ class MosquittoBroker:
             # private tmp dir; the broker only ever listens on loopback.
             lines.append("user root")
         lines += [
+            # As the README recommends: replies and acknowledgements leave at once.
+            "set_tcp_nodelay true",
             f"listener {self.port_anon} {self.host}",
             "allow_anonymous true",
             f"listener {self.port_password} {self.host}",

@@ -39,6 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.commands import Command, generate_keypair, load_private_key, new_nonce, sign_command
+from agent.mqtt import SOCKET_OPTIONS
 from agent.topics import Topics
 from bench.fleet.node import PREFIX, NodeSpec
 from bench.fleet.services import FleetBroker, raise_fd_limit
@@ -178,6 +179,7 @@ def _client(broker: FleetBroker) -> aiomqtt.Client:
         identifier=f"bench-operator-{secrets.token_hex(4)}",
         protocol=aiomqtt.ProtocolVersion.V5,
         max_queued_incoming_messages=0,
+        socket_options=SOCKET_OPTIONS,
     )
 
 

@@ -66,6 +66,7 @@ class FleetBroker:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} {HOST}\n"
+            "set_tcp_nodelay true\n"  # as the README recommends
             "allow_anonymous true\n"
             "max_connections -1\n"
             "persistence false\n"

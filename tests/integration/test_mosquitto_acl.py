@@ -67,14 +67,17 @@ async def test_a_node_publishes_only_under_its_own_tree(broker: MosquittoBroker)
         await monitor.subscribe(f"{P}/fleet/#", qos=1)
         async with _login(broker, "web-1") as node:
             await node.publish(f"{P}/nodes/web-1/events/io.nodemedic.x", b"{}", qos=0)
+            await node.publish(f"{P}/nodes/web-1/batch", b"[]", qos=0)
             await node.publish(f"{P}/nodes/web-1/status", b"{}", qos=0)
         # Mosquitto may drop a client after a refused publish: one attempt per login.
-        for topic in (f"{P}/nodes/web-2/events/io.nodemedic.x", f"{P}/fleet/pause"):
+        refused = (f"{P}/nodes/web-2/events/io.nodemedic.x", f"{P}/nodes/web-2/batch")
+        for topic in (*refused, f"{P}/fleet/pause"):
             with contextlib.suppress(aiomqtt.MqttError):
                 async with _login(broker, "web-1") as node:
                     await node.publish(topic, b"{}", qos=0)
 
         assert sorted(await _received(monitor)) == [
+            f"{P}/nodes/web-1/batch",
             f"{P}/nodes/web-1/events/io.nodemedic.x",
             f"{P}/nodes/web-1/status",
         ]

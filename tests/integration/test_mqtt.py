@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import psutil
 import pytest
 import pytest_asyncio
 from cloudevents.core.formats.json import JSONFormat
@@ -445,6 +448,35 @@ async def test_ten_thousand_events_survive_a_broker_outage_in_order(
     assert status.publishes["acked"] >= produced
     assert status.outbox_shed == 0
     await subscriber.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_agents_broker_socket_sends_small_packets_at_once(
+    mosquitto: MosquittoBroker,
+    tmp_path: Path,
+    running_agents: list[tuple[Agent, asyncio.Task[None]]],
+) -> None:
+    """Nagle's algorithm is off on the agent's connection (paho leaves it on).
+
+    With it on, a command's reply written right after its PUBACK waited for the broker's
+    delayed ACK (40 ms or more); the socket the agent really uses is looked up by its
+    peer, the broker's port.
+    """
+    prefix = f"t{uuid.uuid4().hex[:8]}/v1"
+    agent = Agent(in_process_settings(tmp_path, mosquitto.url("anon"), prefix), probes=[])
+    task = asyncio.create_task(agent.run())
+    running_agents.append((agent, task))
+    await until(lambda: bool((s := agent.mqtt_status()) and s.connected), 10, "the connection")
+
+    port = int(mosquitto.url("anon").rsplit(":", 1)[1])
+    fds = [
+        conn.fd
+        for conn in psutil.Process().net_connections(kind="tcp")
+        if conn.raddr and conn.raddr.port == port
+    ]
+    assert len(fds) == 1, f"one connection to the broker expected: {fds}"
+    with socket.socket(fileno=os.dup(fds[0])) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 # --- an agent crash with events in its outbox ---------------------------------------
