@@ -29,6 +29,7 @@ __all__ = [
     "ProcfsProbe",
     "PushProbe",
     "is_push",
+    "next_beat",
     "parse_error",
     "read_text",
     "sample_once",
@@ -38,6 +39,7 @@ import abc
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -367,6 +369,18 @@ class ProcfsProbe(BlockingProbe):
     ) -> None:
         super().__init__(name=self.NAME, interval=interval, timeout=timeout, clock=clock)
         self.proc = proc
+
+
+def next_beat(now: float, interval: float) -> float:
+    """When a push probe's next heartbeat is due: the next multiple of its interval.
+
+    ``now`` is the event loop's clock (``loop.time()``), the clock the runtime schedules
+    polled probes on, at multiples of their intervals too: a heartbeat then wakes the
+    loop together with the polled probes due at that moment instead of on its own, and
+    every wake-up costs more CPU than a small probe's reading. Never more than one
+    interval away, so a probe yielding at each beat yields at least once per interval.
+    """
+    return (math.floor(now / interval) + 1) * interval
 
 
 def read_text(path: Path) -> str:
