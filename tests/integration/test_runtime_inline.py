@@ -2,8 +2,8 @@
 does not stall them, and a slow one is moved to its thread without losing a reading.
 
 The probes are real :class:`MemoryProbe` instances over a fixture ``/proc`` tree (the
-inline path) and a real :class:`BlockingProbe` subclass whose reads block behind a gate
-(the threaded path, a dead NFS mount say).
+inline path) and test_runtime's gated :class:`BlockingProbe`, whose reads block behind a
+gate (the threaded path, a dead NFS mount say).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import pytest
 
 from agent.config import AgentSettings, RuleConfig
 from agent.model import ConditionState, Sample
-from agent.probes.base import INLINE_LIMIT, BlockingProbe, Probe
+from agent.probes.base import INLINE_LIMIT, Probe
 from agent.probes.memory import MemoryProbe
 from agent.runtime import Agent
+from tests.integration.test_runtime import GatedLoadProbe
 
 MEMORY_HIGH = RuleConfig.model_validate(
     {
@@ -57,19 +58,6 @@ class RecordingMemoryProbe(MemoryProbe):
         if self.delay:
             time.sleep(self.delay)  # stands for a kernel file that blocks
         return super().collect()
-
-
-class GatedFilesystemProbe(BlockingProbe):
-    """A threaded probe whose reads block while its gate is closed."""
-
-    def __init__(self, gate: threading.Event) -> None:
-        super().__init__(name="filesystem", interval=0.05, timeout=0.2)
-        self.gate = gate
-
-    def collect(self) -> list[Sample]:
-        """Wait for the gate (at most 30 s so a broken test cannot hang forever)."""
-        self.gate.wait(30)
-        return []
 
 
 def _proc(tmp_path: Path) -> Path:
@@ -110,21 +98,19 @@ async def test_an_inline_probe_feeds_the_rules_while_a_threaded_probe_hangs(
 ) -> None:
     gate = threading.Event()
     memory = RecordingMemoryProbe(_proc(tmp_path))
-    probes: list[Probe] = [memory, GatedFilesystemProbe(gate)]
+    probes: list[Probe] = [memory, GatedLoadProbe(gate)]
     agent = Agent(_settings(tmp_path), probes=probes)
     task = asyncio.create_task(agent.run())
     try:
         await _until(lambda: _state(agent, "memory-high") is ConditionState.FIRING)
-        await _until(
-            lambda: _state(agent, "probe-failing", probe="filesystem") is ConditionState.FIRING
-        )
+        await _until(lambda: _state(agent, "probe-failing", probe="load") is ConditionState.FIRING)
         runs = _runs(agent, "memory")
         await _until(lambda: _runs(agent, "memory") >= runs + 5)  # not stalled by the hang
 
         status = {s.name: s for s in agent.probe_statuses()}
         assert status["memory"].up
-        assert status["filesystem"].error is not None
-        assert "hung" in status["filesystem"].error or "within" in status["filesystem"].error
+        assert status["load"].error is not None
+        assert "hung" in status["load"].error or "within" in status["load"].error
         assert set(memory.threads) == {threading.current_thread().name}, "read on the loop"
         assert memory.runs_inline
     finally:
