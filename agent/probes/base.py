@@ -254,7 +254,8 @@ class BlockingProbe(abc.ABC):
 
     @abc.abstractmethod
     def collect(self) -> list[Sample]:
-        """Read the source and return the samples; runs in the probe's worker thread.
+        """Read the source and return the samples; runs in the probe's worker thread
+        (on the event loop for an :attr:`inline` probe).
 
         Raises:
             OSError: when a file or syscall fails (``filename`` names the path).
