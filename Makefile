@@ -29,7 +29,7 @@ help:
 	@echo "make test   - install test dependencies and run lint, types and the whole test suite"
 	@echo "make bench  - every benchmark under bench/ and a summary table (QUICK=1: about 6 min)"
 	@echo "make bench-mqtt - MQTT publish rate, latency and outbox drain beside mosquitto_pub"
-	@echo "make bench-units - systemd in nspawn: boot, D-Bus round trips, signal-to-rules latency"
+	@echo "make bench-units - systemd in nspawn: D-Bus round trips, detection and remediation latency"
 	@echo "make docs   - regenerate docs/configuration.md from the config models"
 	@echo "make deb    - build dist/nodemedic_<version>_<arch>.deb (packaging/deb/build)"
 
@@ -101,19 +101,24 @@ bench: venv apt-test
 	$(BIN)/python -m bench.kmsg_flood $(if $(QUICK),--lines 20000,)
 	$(BIN)/python -m bench.status_page $(if $(QUICK),--repeat 50,)
 	@if [ "$$(id -u)" -eq 0 ]; then scripts/ensure-nspawn-rootfs && \
-	    $(BIN)/python -m bench.units_latency $(if $(QUICK),--transitions 10 --calls 50,); \
-	else echo "bench: units latency skipped (needs root for nspawn)"; fi
+	    $(BIN)/python -m bench.units_latency $(if $(QUICK),--transitions 10 --calls 50,) && \
+	    $(BIN)/python -m bench.detection_latency $(if $(QUICK),--rounds 20 --disk-rounds 10,) && \
+	    $(BIN)/python -m bench.remediation_latency $(if $(QUICK),--rounds 10,); \
+	else echo "bench: units, detection and remediation latency skipped (need root)"; fi
 	$(BIN)/python -m bench.report
 
 # MQTT publishing through the agent's outbox beside mosquitto_pub, on a loopback broker.
 bench-mqtt: venv apt-test
 	$(BIN)/python -m bench.mqtt_throughput
 
-# systemd booted in nspawn: D-Bus round trips and the latency from a unit's state change to
-# the rules (root).
+# systemd booted in nspawn: D-Bus round trips, the latency from a unit's state change to the
+# rules, from a breach (a unit failing, a loop-mounted disk filling) to its event at an MQTT
+# subscriber, and from a unit's crash to the remediation engine having it active again (root).
 bench-units: venv apt-test
 	@scripts/ensure-nspawn-rootfs
 	$(BIN)/python -m bench.units_latency
+	$(BIN)/python -m bench.detection_latency
+	$(BIN)/python -m bench.remediation_latency
 
 # 1,000 simulated agents on one Mosquitto and etcd: fleet command fan-out and the budget.
 bench-fleet: venv apt-test

@@ -7,6 +7,7 @@ __all__ = ["EX_CONFIG", "EX_SOFTWARE", "main"]
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 from agent.cli_remote import add_key_parsers, add_remote_parsers, run_keys, run_remote
@@ -135,6 +137,7 @@ def _config_path(arg: Path | None) -> Path | None:
 
 def _run(settings: AgentSettings) -> int:
     configure_logging(settings.log)
+    _cap_malloc_arenas()
     try:
         code = asyncio.run(_serve(settings))
     except StoreError as err:
@@ -169,8 +172,57 @@ async def _serve(settings: AgentSettings) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    await agent.run()
+    trim = loop.call_later(STARTUP_SETTLED, _trim_heap)
+    try:
+        await agent.run()
+    finally:
+        trim.cancel()
     return 0
+
+
+MALLOC_ARENAS = 2
+"""glibc malloc arenas for the whole agent (glibc's default: 8 per core)."""
+
+STARTUP_SETTLED = 30.0
+"""Seconds after start when the start's garbage is freed and the heap is trimmed once."""
+
+_M_ARENA_MAX = -8  # mallopt(3), <malloc.h>
+
+
+def _glibc_function(name: str) -> Any | None:
+    """A glibc malloc tuning function, or None under another C library (musl)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (AttributeError, OSError):
+        return None
+
+
+def _cap_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas before any thread starts, as MALLOC_ARENA_MAX=2 would.
+
+    Each probe's worker thread could otherwise get an arena of its own (up to 8 per core)
+    and keep its free pages resident: a default run here has 7 arenas without the cap, 2
+    with it, and 0.1-0.2 MiB less RSS; more on hosts with more cores and threads. Two
+    arenas hardly contend for a few allocations a second. A MALLOC_ARENA_MAX in the
+    environment wins.
+    """
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def _trim_heap() -> None:
+    """Hand the heap pages the start freed (configuration, playbooks, first runs) back.
+
+    glibc keeps freed pages in the middle of its heap resident; malloc_trim(3) releases
+    them: about 0.5 MiB once the agent has settled.
+    """
+    malloc_trim = _glibc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim.argtypes = (ctypes.c_size_t,)
+        malloc_trim(0)
 
 
 def _exit_past_hung_threads(code: int) -> None:

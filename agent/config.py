@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 import contextvars
-import difflib
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -246,6 +245,8 @@ class MqttConfig(_Frozen):
     """Limit for the TCP/TLS connect and the CONNACK."""
     inflight: int = Field(default=20, ge=1, le=65535)
     """Events published but not yet acknowledged, at most; at most the broker's receive maximum."""
+    drain_batch: int = Field(default=0, ge=0, le=1000)
+    """Events per message for the outage backlog, on the ``batch`` topic; 0: one per message."""
     reconnect_min: Duration = timedelta(milliseconds=500)
     """First reconnect delay; it doubles (with jitter) up to ``reconnect_max``."""
     reconnect_max: Duration = timedelta(seconds=60)
@@ -358,6 +359,8 @@ class RuleConfig(_Frozen):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in CATALOG:
+            import difflib  # only for a misspelt name: not loaded by a valid config
+
             near = difflib.get_close_matches(value, CATALOG, n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join(near)}? " if near else ""
             raise ValueError(

@@ -12,6 +12,8 @@ transaction that records it; the publisher reads the outbox oldest first and pub
 at QoS 1 with up to ``mqtt.inflight`` messages awaiting their PUBACK at once; a row
 leaves the outbox only on its PUBACK. When the link drops, the unacknowledged rows are
 sent again on the next connection (at-least-once; consumers drop duplicates by ``id``).
+The sending itself, and the optional drain batches on the ``batch`` topic
+(``mqtt.drain_batch``), are :mod:`agent.mqtt_outbox`'s.
 
 Reconnects back off exponentially with jitter; a refused login or a failed TLS
 handshake is a misconfiguration, reported as such and retried at the slow
@@ -40,13 +42,13 @@ import random
 import secrets
 import ssl
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, MQTT_ERR_SUCCESS, error_string
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -56,13 +58,14 @@ from agent.broker_url import BrokerUrl
 from agent.commands import MAX_COMMAND_BYTES
 from agent.config import MqttConfig
 from agent.model import Condition, MqttLinkState, MqttStatus
+from agent.mqtt_outbox import DrainedError, EventOutbox, LinkLostError, OutboxSender
 from agent.remote import CommandReply, IncomingCommand
-from agent.store_outbox import OutboxEntry
 from agent.topics import Topics, format_event_line
 
 log = logging.getLogger(__name__)
 
 _CLOUDEVENTS_JSON: Final = "application/cloudevents+json"
+_CLOUDEVENTS_BATCH_JSON: Final = "application/cloudevents-batch+json"
 _AUTH_CODES: Final = frozenset(
     {4, 5, 0x86, 0x87, 0x8C}
 )  # 3.1.1 rc 4/5; v5 bad login, not authorised, bad auth method
@@ -76,18 +79,6 @@ _STATE_TIMEOUT: Final = 5.0  # seconds for a retained status publish at connect 
 # (paho acknowledges on receipt, so a backlog would otherwise queue here without bound).
 _MAX_INCOMING_PACKET: Final = MAX_COMMAND_BYTES + 4096
 _INCOMING_QUEUE: Final = 256
-
-
-class EventOutbox(Protocol):
-    """The part of :class:`~agent.store.Store` the publisher reads and acknowledges."""
-
-    def outbox_batch(self, *, after: int = 0, limit: int = 100) -> list[OutboxEntry]:
-        """Queued events after ``after``, oldest first."""
-        ...
-
-    def outbox_ack(self, sequences: Iterable[int]) -> int:
-        """Remove acknowledged events."""
-        ...
 
 
 class _ConnectFailedError(Exception):
@@ -116,10 +107,29 @@ class _Client(aiomqtt.Client):
     ends the session (see ``_watch_refusals``) so the event stays queued.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        event_props: tuple[Properties | None, Properties | None] = (None, None),
+        event_acks: Callable[[int], bool] = lambda mid: False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.refused = asyncio.Event()
         self.refusal: str | None = None
+        self._event_props = event_props
+        self._event_acks = event_acks
+
+    def publish_event(self, topic: str, payload: bytes, *, batch: bool) -> int:
+        """Hand an event (or a drain batch) to paho at QoS 1; its PUBACK goes to ``event_acks``.
+
+        Raises:
+            LinkLostError: when paho refuses it (not connected).
+        """
+        info = self._client.publish(topic, payload, 1, False, self._event_props[batch])
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise LinkLostError(f"cannot publish an event: {error_string(info.rc)}")
+        return int(info.mid)
 
     def _on_publish(
         self,
@@ -133,15 +143,23 @@ class _Client(aiomqtt.Client):
             self.refusal = str(reason_code).lower()
             self.refused.set()
             return
-        super()._on_publish(client, userdata, mid, reason_code, properties)
+        if not self._event_acks(mid):
+            super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
-class _LinkLostError(Exception):
-    """The connection dropped (or a publish was not acknowledged in time)."""
+class _PackedProperties(Properties):
+    """PUBLISH properties packed once; paho would pack them again for every message."""
 
+    _packed: bytes
 
-class _DrainedError(Exception):
-    """Stopping, and every queued event has been acknowledged: end the session."""
+    def __init__(self, content_type: str) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.ContentType = content_type
+        # paho's __setattr__ takes any other name for an MQTT property.
+        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
+
+    def pack(self) -> bytes:
+        return self._packed
 
 
 class _PahoLog(logging.Logger):
@@ -204,7 +222,6 @@ class MqttPublisher:
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._conditions_dirty = True
-        self._acked: list[int] = []
         self._task: asyncio.Task[None] | None = None
         self._state = MqttLinkState.CONNECTING
         self._broker: BrokerUrl = self._brokers[0]
@@ -219,10 +236,20 @@ class MqttPublisher:
         self._publish_timeout = (
             2 * config.keepalive.total_seconds() + config.connect_timeout.total_seconds()
         )
-        self._event_props: Properties | None = None
+        self._event_props: tuple[Properties | None, Properties | None] = (None, None)
         if self._v5:
-            self._event_props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            self._event_props.ContentType = _CLOUDEVENTS_JSON
+            self._event_props = (
+                _PackedProperties(_CLOUDEVENTS_JSON),
+                _PackedProperties(_CLOUDEVENTS_BATCH_JSON),
+            )
+        self._sender = OutboxSender(
+            outbox,
+            self._topics,
+            window=self._window,
+            publish_timeout=self._publish_timeout,
+            drain_batch=config.drain_batch,
+            publishes=self._publishes,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -238,6 +265,7 @@ class MqttPublisher:
         """
         self._closing.set()
         self._wake.set()
+        self._sender.stop()
         task, self._task = self._task, None
         if task is None:
             return
@@ -251,12 +279,12 @@ class MqttPublisher:
         except Exception:
             log.exception("MQTT publisher failed while stopping")
         finally:
-            self._flush_acks()
+            self._sender.flush_acks()
             self._set_state(MqttLinkState.STOPPED, None)
 
     def notify_events(self) -> None:
         """New events are in the outbox."""
-        self._wake.set()
+        self._sender.notify()
 
     def notify_conditions(self) -> None:
         """The conditions changed: publish a new retained snapshot."""
@@ -298,7 +326,7 @@ class MqttPublisher:
                 self._publishes["refused"] += 1
                 round_failures.append(_ConnectFailedError("refused", str(refused)))
                 self._set_state(MqttLinkState.MISCONFIGURED, str(refused))
-            except _LinkLostError as lost:
+            except LinkLostError as lost:
                 round_failures.clear()
                 # Only a connection that held for a while restarts the backoff: a broker
                 # that accepts and then drops us (or a second agent with our client id
@@ -315,7 +343,7 @@ class MqttPublisher:
             else:
                 return  # only a stop ends a session without an exception
             finally:
-                self._flush_acks()
+                self._sender.flush_acks()
             index = (index + 1) % len(self._brokers)
             if index != 0 and round_failures:
                 continue  # fail over to the next broker at once
@@ -348,7 +376,7 @@ class MqttPublisher:
                     await self._subscribe_commands(client)
                 try:
                     await self._serve(client)
-                except _DrainedError:
+                except DrainedError:
                     await self._publish_state(
                         client,
                         _status_payload("offline", session, None, since=_now(), reason="stopped"),
@@ -356,7 +384,7 @@ class MqttPublisher:
         except aiomqtt.MqttError as err:
             if not connected:
                 raise _classify(err, paho_log.last_error, broker) from err
-            raise _LinkLostError(str(err)) from err
+            raise LinkLostError(str(err)) from err
 
     async def _client(self, broker: BrokerUrl, session: str, paho_log: _PahoLog) -> _Client:
         config = self._config
@@ -377,6 +405,8 @@ class MqttPublisher:
         client = _Client(
             broker.host,
             broker.port,
+            event_props=self._event_props,
+            event_acks=self._sender.acknowledged,
             identifier=self._node,
             username=config.username,
             password=password,
@@ -432,15 +462,21 @@ class MqttPublisher:
         )
 
     async def _serve(self, client: _Client) -> None:
-        """Publish until the link drops (_LinkLostError) or a stop drained it (_DrainedError)."""
+        """Publish until the link drops (LinkLostError) or a stop drained it (DrainedError)."""
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._watch(client), name="mqtt-watch")
                 group.create_task(self._watch_refusals(client), name="mqtt-refusals")
-                group.create_task(self._pump(client, group), name="mqtt-pump")
+                group.create_task(
+                    self._publish_conditions_when_dirty(client, group), name="mqtt-conditions"
+                )
+                group.create_task(
+                    self._sender.serve(client),
+                    name="mqtt-outbox",
+                )
         except ExceptionGroup as errors:
             # One session ends for one reason; a lost link outranks a finished drain.
-            for kind in (_RefusedError, _LinkLostError, _DrainedError):
+            for kind in (_RefusedError, LinkLostError, DrainedError):
                 found = errors.subgroup(kind)
                 if found is not None:
                     raise _leaf(found) from None
@@ -520,62 +556,22 @@ class MqttPublisher:
             async for message in client.messages:
                 self._on_message(client, message)
         except aiomqtt.MqttError as err:
-            raise _LinkLostError(str(err.__cause__ or err)) from err
-        raise _LinkLostError("the connection ended")
+            raise LinkLostError(str(err.__cause__ or err)) from err
+        raise LinkLostError("the connection ended")
 
     async def _watch_refusals(self, client: _Client) -> None:
         await client.refused.wait()
         raise self._refused_error(client, f"{self._topics.prefix}/nodes/{self._node}/...")
 
-    async def _pump(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
-        window = asyncio.Semaphore(self._window)
-        inflight: set[asyncio.Task[None]] = set()
-        after = 0
+    async def _publish_conditions_when_dirty(
+        self, client: aiomqtt.Client, group: asyncio.TaskGroup
+    ) -> None:
         while True:
             self._wake.clear()
-            self._flush_acks()
             if self._conditions_dirty:
                 self._conditions_dirty = False
                 group.create_task(self._publish_conditions(client), name="mqtt-conditions")
-            rows = self._outbox.outbox_batch(after=after, limit=self._window * 4)
-            if not rows:
-                # A task that woke us has finished, but its done-callbacks may not have run.
-                if self._closing.is_set() and all(task.done() for task in inflight):
-                    raise _DrainedError
-                await self._wake.wait()
-                continue
-            for row in rows:
-                await window.acquire()
-                task = group.create_task(
-                    self._publish_event(client, row, window),
-                    name=f"mqtt-event-{row.sequence}",
-                )
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
-                after = row.sequence
-
-    async def _publish_event(
-        self,
-        client: aiomqtt.Client,
-        row: OutboxEntry,
-        window: asyncio.Semaphore,
-    ) -> None:
-        try:
-            await client.publish(
-                self._topics.event(row.type),
-                row.payload,
-                qos=1,
-                properties=self._event_props,
-                timeout=self._publish_timeout,
-            )
-        except aiomqtt.MqttError as err:
-            self._publishes["failed"] += 1
-            raise _LinkLostError(f"event {row.sequence} was not acknowledged: {err}") from err
-        finally:
-            window.release()
-        self._publishes["acked"] += 1
-        self._acked.append(row.sequence)
-        self._wake.set()
+            await self._wake.wait()
 
     async def _publish_conditions(self, client: aiomqtt.Client) -> None:
         conditions = self._conditions()
@@ -595,21 +591,9 @@ class MqttPublisher:
             )
         except aiomqtt.MqttError as err:
             self._conditions_dirty = True
-            raise _LinkLostError(f"the conditions snapshot was not acknowledged: {err}") from err
+            raise LinkLostError(f"the conditions snapshot was not acknowledged: {err}") from err
         except ValueError:
             log.exception("cannot encode the conditions snapshot")
-
-    def _flush_acks(self) -> None:
-        if not self._acked:
-            return
-        acked, self._acked = self._acked, []
-        try:
-            self._outbox.outbox_ack(acked)
-        except Exception as err:  # a store failure: keep them and try again
-            self._acked = acked + self._acked
-            log.error(
-                "MQTT: cannot remove %d acknowledged events from the outbox: %s", len(acked), err
-            )
 
     def _set_state(self, state: MqttLinkState, reason: str | None) -> None:
         before, before_reason = self._state, self._reason
@@ -743,28 +727,33 @@ async def tail_events(
     """Subscribe to live events and yield each decoded CloudEvent.
 
     ``event_type`` is an exact type or a prefix ending in ``*`` or ``.``; prefixes are
-    filtered here since MQTT wildcards match whole topic levels only.
+    filtered here since MQTT wildcards match whole topic levels only. Drain batches (the
+    ``batch`` topic) are subscribed to as well and yield their events one by one.
 
     Raises:
         ConnectionError: when no broker of ``config`` accepts the connection.
     """
     exact = event_type if event_type and not event_type.endswith(("*", ".")) else None
     prefix = event_type.removesuffix("*") if event_type and exact is None else None
-    topic = Topics.event_filter(config.topic_prefix, node, exact)
+    filters = [
+        (Topics.event_filter(config.topic_prefix, node, exact), 1),
+        (Topics.batch_filter(config.topic_prefix, node), 1),
+    ]
     failures: list[str] = []
     for broker in config.brokers:
         paho_log = _PahoLog()
         client = _oneshot_client(config, broker, "tail", paho_log)
         try:
             async with client:
-                await client.subscribe(topic, qos=1)
+                await client.subscribe(filters)
                 async for message in client.messages:
-                    event = _json_object(message.payload)
-                    if event is None:
-                        continue
-                    if prefix is not None and not str(event.get("type", "")).startswith(prefix):
-                        continue
-                    yield event
+                    for event in _events_of(message.payload):
+                        kind = str(event.get("type", ""))
+                        if (exact is not None and kind != exact) or (
+                            prefix is not None and not kind.startswith(prefix)
+                        ):
+                            continue
+                        yield event
                 return
         except aiomqtt.MqttError as err:
             failures.append(_classify(err, paho_log.last_error, broker).reason)
@@ -823,6 +812,18 @@ async def send_command(
         except aiomqtt.MqttError as err:
             failures.append(_classify(err, paho_log.last_error, broker).reason)
     raise ConnectionError("; ".join(failures) or "no broker configured")
+
+
+def _events_of(payload: object) -> list[dict[str, Any]]:
+    """The CloudEvents in a message: one structured event, or a batch (a JSON array)."""
+    if not isinstance(payload, bytes | bytearray):
+        return []
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return []
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, dict)]
 
 
 def _json_object(payload: object) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from agent.errors import StoreCorruptError, StoreError
 from agent.ids import EventIds
 from agent.migrations import LAST_SEQUENCE_KEY, SCHEMA_VERSION, migrate
 from agent.model import Condition, Event
+from agent.store_checkpoint import COMMITS_PER_CHECKPOINT, WAL_BACKSTOP_PAGES, Checkpointer
 from agent.store_errors import SQLITE_CORRUPT, hint, os_error, store_error
 from agent.store_outbox import (
     OutboxEntry,
@@ -99,6 +100,8 @@ class Store:
         self._outbox: OutboxTally | None = None
         self._ids = EventIds()
         self._schema_version = 0
+        self._checkpointer: Checkpointer | None = None
+        self._commits = 0
 
     # lifecycle
 
@@ -138,7 +141,9 @@ class Store:
     def _start(self) -> None:
         conn = self._connection()
         try:
-            _configure(conn, self._path)
+            if _configure(conn, self._path):
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}")
+                self._checkpointer = Checkpointer(self._path)
             _quick_check(conn, self._path)
             self._schema_version = migrate(conn, self._path)
             row = conn.execute("SELECT id FROM events ORDER BY sequence DESC LIMIT 1").fetchone()
@@ -159,6 +164,9 @@ class Store:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.close()  # first: closing the last connection checkpoints the WAL
         try:
             conn.execute("PRAGMA optimize")  # keeps query plans good; cheap at close
         except sqlite3.Error as err:
@@ -233,10 +241,10 @@ class Store:
         delta = (0, 0, 0)
         with self._transaction("append an event to") as conn:
             (last,) = conn.execute(
-                "SELECT value FROM meta WHERE key = ?", (LAST_SEQUENCE_KEY,)
+                "UPDATE meta SET value = value + 1 WHERE key = ? RETURNING value",
+                (LAST_SEQUENCE_KEY,),
             ).fetchone()
-            sequence = int(last) + 1
-            conn.execute("UPDATE meta SET value = ? WHERE key = ?", (sequence, LAST_SEQUENCE_KEY))
+            sequence = int(last)
             conn.execute(
                 f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  (constant columns)
                 (sequence, event_id, source, type, subject, time, text),
@@ -253,9 +261,10 @@ class Store:
                 data=safe_data,
             )
             if outbox:
-                entry = OutboxEntry(
-                    sequence, type, time, dumps(event.to_cloudevent()).encode("utf-8")
-                )
+                envelope = event.to_cloudevent()
+                del envelope["data"]  # last in the envelope; its JSON is ``text`` already
+                payload = f'{dumps(envelope)[:-1]},"data":{text}}}'
+                entry = OutboxEntry(sequence, type, time, payload.encode("utf-8"))
                 delta = tally.insert(conn, entry, severity_rank(safe_data))
         tally.apply(*delta)
         if delta[2]:
@@ -476,6 +485,10 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             conn.execute("COMMIT")
+            self._commits += 1
+            if self._commits >= COMMITS_PER_CHECKPOINT and self._checkpointer is not None:
+                self._commits = 0
+                self._checkpointer.request()
         except BaseException as err:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):  # SQLite may have rolled back already
@@ -504,14 +517,17 @@ def _prepare_file(path: Path) -> None:
     os.close(fd)
 
 
-def _configure(conn: sqlite3.Connection, path: Path) -> None:
+def _configure(conn: sqlite3.Connection, path: Path) -> bool:
+    """Set the connection's pragmas; True when the database is in WAL mode."""
     conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-    if str(mode).lower() != "wal":
+    wal = str(mode).lower() == "wal"
+    if not wal:
         # e.g. a filesystem without shared memory; still correct, only slower.
         logger.warning("store %s: WAL journal mode unavailable, using %s", path, mode)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
+    return wal
 
 
 def _quick_check(conn: sqlite3.Connection, path: Path) -> None:

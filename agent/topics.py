@@ -41,6 +41,16 @@ class Topics:
         """The retained, signed fleet-wide pause of remediation."""
         return f"{self.prefix}/fleet/pause"
 
+    @property
+    def batch(self) -> str:
+        """Drain batches: JSON arrays of CloudEvents queued during an outage (opt-in)."""
+        return f"{self.prefix}/nodes/{self.node}/batch"
+
+    @staticmethod
+    def batch_filter(prefix: str, node: str | None) -> str:
+        """A subscription filter for the drain batches of one node (or all)."""
+        return f"{prefix}/nodes/{node or '+'}/batch"
+
     def event(self, event_type: str) -> str:
         """Where events of ``event_type`` are published."""
         # Event types are ours, but a topic level must never carry a wildcard or a '/'.

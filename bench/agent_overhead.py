@@ -13,6 +13,11 @@ After a warm-up, both processes' CPU time (every thread, from /proc, so other lo
 machine does not count) and RSS are read over the same ``--seconds`` window. Each count
 is repeated ``--repeat`` times; the table shows medians, with the ratio agent/node_exporter.
 
+The agent runs as the shipped systemd unit starts it: the ``nodemedic run`` entry point,
+with the ``Environment=`` settings of systemd/nodemedic.service (none today; the agent
+tunes malloc itself). What systemd adds besides, ``NOTIFY_SOCKET`` and the journal,
+loads systemd-python's modules (about 0.9 MB more under the unit).
+
 Prints a table and writes bench/results/agent_overhead.json. ``NODEMEDIC_BENCH_AGENT``
 names another ``nodemedic`` executable to measure (an older build, for a before/after).
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -50,6 +56,18 @@ from bench.common import (
 )
 
 WARMUP = 5.0
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "nodemedic.service"
+
+
+def unit_environment(unit: Path = UNIT) -> dict[str, str]:
+    """The variables the unit's ``Environment=`` lines set, as systemd would parse them."""
+    env: dict[str, str] = {}
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        if line.startswith("Environment="):
+            for assignment in shlex.split(line.removeprefix("Environment=")):
+                name, _, value = assignment.partition("=")
+                env[name] = value
+    return env
 
 
 def agent_config(state: Path, port: int, tag: str | None) -> dict[str, Any]:
@@ -74,7 +92,9 @@ def measure(seconds: float, scrape: float, tag: str | None) -> dict[str, float]:
         binary = os.environ.get("NODEMEDIC_BENCH_AGENT") or Path(sys.executable).with_name(
             "nodemedic"
         )
-        agent = subprocess.Popen([str(binary), "run", "--config", str(path)])
+        agent = subprocess.Popen(
+            [str(binary), "run", "--config", str(path)], env={**os.environ, **unit_environment()}
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             wait_until_served(base + "/readyz", agent)
@@ -155,6 +175,7 @@ def main() -> None:
         f"scraped at 1 Hz; {args.repeat} x {args.seconds:.0f} s, median"
     )
     print(f"  import floor (python + psutil, aiomqtt, aiohttp, prometheus_client): {floor:.1f} MiB")
+    print(f"  the unit's environment: {unit_environment() or 'none'}")
     header = ("extra procs", "agent CPU %", "agent RSS MiB", "n_e CPU %", "n_e RSS MiB", "ratio")
     print("  " + " ".join(f"{h:>13s}" for h in header))
     results: dict[str, Any] = {"import_floor_mib": floor, "scrape_seconds": args.scrape}

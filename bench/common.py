@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -147,3 +149,22 @@ def write_result(name: str, result: Any) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """n, p50, p90, p99 and max of ``values`` (seconds), the latter four in milliseconds.
+
+    p90 and p99 are nearest-rank: the value at rank ceil(q * n), never interpolated.
+    """
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+    return {
+        "n": len(ordered),
+        "p50_ms": statistics.median(ordered) * 1e3,
+        "p90_ms": pick(0.90) * 1e3,
+        "p99_ms": pick(0.99) * 1e3,
+        "max_ms": ordered[-1] * 1e3,
+    }

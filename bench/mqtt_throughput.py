@@ -16,7 +16,10 @@ Measures, each for the agent and the reference, with the ratio agent/reference:
 * latency: events emitted at a fixed rate; emitted -> received by the subscriber;
 * outbox drain after an outage: N events queued while the broker is stopped, then the
   broker starts; the rate from the publisher's reconnect to an empty outbox (for the
-  reference: the same N lines through a fresh ``mosquitto_pub``).
+  reference: the same N lines through a fresh ``mosquitto_pub``), one event per message
+  and again with drain batches (``mqtt.drain_batch``, ``--drain-batch`` events a message);
+* the agent's CPU time (this process: store, outbox and publisher) per event in the
+  sustained-rate and the drain measures.
 
 Prints a table and writes bench/results/mqtt_throughput.json.
 
@@ -149,6 +152,12 @@ def _sequence_of(payload: str) -> str:
     return str(json.loads(payload)["sequence"])
 
 
+def _first_sequence_of(payload: str) -> str:
+    """An event's sequence, or a drain batch's first."""
+    decoded = json.loads(payload)
+    return str((decoded[0] if isinstance(decoded, list) else decoded)["sequence"])
+
+
 def _line_key(payload: str) -> str:
     return payload[:8]
 
@@ -159,7 +168,9 @@ def _line_key(payload: str) -> str:
 class AgentPath:
     """The agent's store, outbox and publisher, connected to the broker's anonymous port."""
 
-    def __init__(self, broker: MosquittoBroker, workdir: Path, *, node: str, pad: int) -> None:
+    def __init__(
+        self, broker: MosquittoBroker, workdir: Path, *, node: str, pad: int, drain_batch: int = 0
+    ) -> None:
         self.node = node
         self.topics = Topics(PREFIX, node)
         self.store = Store.open(
@@ -174,6 +185,7 @@ class AgentPath:
                 # Short backoff: the drain figure is about the outbox, not the retry policy.
                 "reconnect_min": "50ms",
                 "reconnect_max": "200ms",
+                "drain_batch": drain_batch,
             }
         )
         self.publisher = MqttPublisher(
@@ -296,8 +308,14 @@ class Bench:
         self._names += 1
         return f"{what}-{self._names}"
 
-    def _agent(self, what: str) -> AgentPath:
-        return AgentPath(self.broker, self.workdir, node=self._name(what), pad=self.args.pad)
+    def _agent(self, what: str, drain_batch: int = 0) -> AgentPath:
+        return AgentPath(
+            self.broker,
+            self.workdir,
+            node=self._name(what),
+            pad=self.args.pad,
+            drain_batch=drain_batch,
+        )
 
     def _subscriber(self, topic: str, what: str) -> Subscriber:
         return Subscriber(self.broker, topic, self.workdir, self._name(what))
@@ -323,15 +341,18 @@ class Bench:
             await _until(agent.connected, WAIT, "agent connects")
             sub.start(n)
             started = time.time()
+            cpu = time.process_time()
             for i in range(n):
                 agent.emit(i)
                 await asyncio.sleep(0)  # let the publisher run, as the agent's loop would
             emitted = time.time()
             acked = await _until(lambda: agent.depth() == 0, WAIT, "outbox empties")
+            cpu = time.process_time() - cpu
             received = await sub.received(_sequence_of)
         finally:
             sub.kill()
             await agent.close()
+        run.agent["cpu_per_event_us"] = 1e6 * cpu / n
         run.agent["rate_emitted"] = n / (emitted - started)
         run.agent["rate_acked"] = n / (acked - started)
         run.agent["rate_delivered"] = n / (max(received.values()) - started)
@@ -399,11 +420,14 @@ class Bench:
             emitted, received
         )
 
-    async def agent_drain(self, run: Run) -> None:
+    async def agent_drain(self, run: Run, drain_batch: int = 0) -> None:
         """Queue N events while the broker is down, start it, time the outbox draining."""
         n = self.args.events
-        agent = self._agent("agent-drain")
-        sub = self._subscriber(agent.topics.event(EVENT_TYPE), "sub")
+        agent = self._agent("agent-drain", drain_batch)
+        key = "_batched" if drain_batch > 1 else ""
+        topic = agent.topics.batch if key else agent.topics.event(EVENT_TYPE)
+        messages = -(-n // drain_batch) if key else n
+        sub = self._subscriber(topic, "sub")
         try:
             sub.prime()
             agent.publisher.start()
@@ -415,18 +439,22 @@ class Bench:
             assert agent.depth() == n
             await asyncio.to_thread(self.broker.start)
             up = time.time()
-            sub.start(n)
+            sub.start(messages)
+            cpu = time.process_time()
             connected = await _until(agent.connected, WAIT, "agent reconnects")
             drained = await _until(lambda: agent.depth() == 0, WAIT, "outbox empties")
-            received = await sub.received(_sequence_of)
+            cpu = time.process_time() - cpu
+            received = await sub.received(_first_sequence_of)
         finally:
             sub.kill()
             await agent.close()
             if not self.broker.running:
                 self.broker.start()
-        run.agent["drain_rate"] = n / (drained - connected)
-        run.agent["drain_delivered_rate"] = n / (max(received.values()) - connected)
-        run.agent["reconnect_ms"] = 1000 * (connected - up)
+        run.agent[f"drain{key}_rate"] = n / (drained - connected)
+        run.agent[f"drain{key}_delivered_rate"] = n / (max(received.values()) - connected)
+        run.agent[f"drain{key}_cpu_per_event_us"] = 1e6 * cpu / n
+        if not key:
+            run.agent["reconnect_ms"] = 1000 * (connected - up)
 
     async def reference_drain(self, run: Run) -> None:
         """N queued lines through a fresh ``mosquitto_pub``: start to last PUBACK."""
@@ -468,6 +496,7 @@ class Bench:
         await self.agent_latency(run)
         await self.reference_latency(run)
         await self.agent_drain(run)
+        await self.agent_drain(run, self.args.drain_batch)
         await self.reference_drain(run)
         return run
 
@@ -476,12 +505,17 @@ class Bench:
 
 ROWS = (
     ("rate_emitted", "emitted (store append + outbox)", "ev/s"),
+    ("cpu_per_event_us", "agent CPU per event, sustained", "us"),
     ("rate_acked", "sustained rate to last PUBACK", "ev/s"),
     ("rate_delivered", "sustained rate, delivered", "ev/s"),
     ("latency_p50_ms", "latency p50 (emitted->received)", "ms"),
     ("latency_p99_ms", "latency p99 (emitted->received)", "ms"),
     ("drain_rate", "outbox drain after outage", "ev/s"),
     ("drain_delivered_rate", "outbox drain, delivered", "ev/s"),
+    ("drain_cpu_per_event_us", "agent CPU per event, drain", "us"),
+    ("drain_batched_rate", "drain in batches (drain_batch)", "ev/s"),
+    ("drain_batched_delivered_rate", "drain in batches, delivered", "ev/s"),
+    ("drain_batched_cpu_per_event_us", "agent CPU per event, batches", "us"),
     ("reconnect_ms", "reconnect after broker start", "ms"),
 )
 
@@ -518,6 +552,7 @@ def report(runs: list[Run], args: argparse.Namespace, payload_size: float, versi
         "events": args.events,
         "latency_events": args.latency_events,
         "latency_rate": args.latency_rate,
+        "drain_batch": args.drain_batch,
         "repeat": len(runs),
         "median": medians,
         "runs": [{"agent": run.agent, "mosquitto_pub": run.reference} for run in runs],
@@ -564,9 +599,14 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=200.0, help="events/s")
     parser.add_argument("--pad", type=int, default=300, help="bytes of padding in event data")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--drain-batch", type=int, default=100, help="events a message in the batched drain"
+    )
     args = parser.parse_args()
     if not 1 <= args.events <= 100_000 or not 1 <= args.latency_events <= 20_000:
         parser.error("keep --events within 1..100000 and --latency-events within 1..20000")
+    if not 2 <= args.drain_batch <= 1000:
+        parser.error("keep --drain-batch within 2..1000 (mqtt.drain_batch's range)")
     logging.basicConfig(level=logging.WARNING)
     version = subprocess.run(
         [MOSQUITTO, "-h"], capture_output=True, text=True, check=False, timeout=10

@@ -11,8 +11,12 @@ not wall time: on a shared machine wall time mostly measures waiting for a CPU.
   counts their descriptors and reads their limits, as it would for a real service).
 * ``probe all``: the probe with one group every process matches (``cmdline: "^"``): the
   full set of figures for every process, the like-for-like comparison with the next two.
-* ``plain /proc``: a straightforward Python reader of the same fields for every process
-  (comm, cmdline, status for the UID, stat, the fd directory, limits).
+  It counts descriptors and reads limits on every pass here (``fd_refresh=0``; the agent
+  does every 10 s), and keeps each process's ``cmdline`` and ``stat`` open between
+  passes, as the agent does.
+* ``plain /proc``: a straightforward Python reader of the same fields for every process,
+  opening each file afresh: cmdline, stat (name, state, CPU, threads, start, RSS), the
+  fd directory, limits.
 * ``psutil``: ``process_iter`` with the same fields (name, cmdline, uids, cpu_times,
   memory_info, num_threads, num_fds, status, create_time) plus ``rlimit(NOFILE)``.
 
@@ -42,7 +46,7 @@ from pathlib import Path
 import psutil
 
 from agent.config import ProcessesProbeConfig
-from agent.probes.processes import ProcessesProbe
+from agent.probes.processes import FD_REFRESH, ProcessesProbe
 
 MAX_PROCESSES = 2_000
 """The most children the bench starts, whatever it is asked."""
@@ -91,13 +95,8 @@ def plain_pass() -> int:
             continue
         base = f"/proc/{name}/"
         try:
-            with open(base + "comm", "rb") as f:
-                f.read()
             with open(base + "cmdline", "rb") as f:
                 f.read()
-            with open(base + "status", "rb") as f:
-                status = f.read()
-            int(status.split(b"\nUid:")[1].split()[1])
             with open(base + "stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
             int(fields[11]) + int(fields[12])
@@ -132,29 +131,29 @@ def probe_pass(probe: ProcessesProbe) -> Callable[[], int]:
     return run
 
 
-def make_probe(groups: list[dict[str, str]]) -> ProcessesProbe:
+def make_probe(groups: list[dict[str, str]], *, fd_refresh: float = FD_REFRESH) -> ProcessesProbe:
     """A probe with the given groups, read directly (no executor)."""
     config = ProcessesProbeConfig.model_validate({"groups": groups})
-    return ProcessesProbe(groups=config.groups)
+    return ProcessesProbe(groups=config.groups, fd_refresh=fd_refresh)
 
 
 def measure(count: int, repeat: int) -> dict[str, float]:
     """Start ``count`` processes and time each reader; microseconds per process."""
     tag = f"nodemedic-bench-{uuid.uuid4().hex[:8]}"
     children = spawn(count, tag)
+    three = make_probe(
+        [
+            {"name": "sshd", "comm": "sshd"},
+            {"name": "daemon", "user": "daemon"},
+            {"name": "bench", "cmdline": f"^{tag} "},
+        ]
+    )
+    everything = make_probe([{"name": "all", "cmdline": "^"}], fd_refresh=0)
     try:
         time.sleep(0.5 + count / 1000)  # let them all exec
         readers: dict[str, Callable[[], int]] = {
-            "probe 3 groups": probe_pass(
-                make_probe(
-                    [
-                        {"name": "sshd", "comm": "sshd"},
-                        {"name": "daemon", "user": "daemon"},
-                        {"name": "bench", "cmdline": f"^{tag} "},
-                    ]
-                )
-            ),
-            "probe all": probe_pass(make_probe([{"name": "all", "cmdline": "^"}])),
+            "probe 3 groups": probe_pass(three),
+            "probe all": probe_pass(everything),
             "plain /proc": plain_pass,
             "psutil": psutil_pass,
         }
@@ -172,6 +171,8 @@ def measure(count: int, repeat: int) -> dict[str, float]:
         result["processes in /proc"] = float(total)
         return result
     finally:
+        three.close()  # and the files they hold open
+        everything.close()
         reap(children)
 
 

@@ -99,6 +99,32 @@ def units_rows(data: Any) -> list[Row]:
     ]
 
 
+def _latency(label: str, stats: Any) -> list[Row]:
+    return [
+        (f"{label} p50", stats["p50_ms"], "ms", None, ""),
+        (f"{label} p99", stats["p99_ms"], "ms", None, ""),
+    ]
+
+
+def detection_rows(data: Any) -> list[Row]:
+    """Breach to the event at an MQTT subscriber: a unit failing, a disk filling (polled)."""
+    rows: list[Row] = []
+    if "unit failed -> firing" in data:
+        rows += _latency("unit failed -> MQTT event", data["unit failed -> firing"])
+    disk = [key for key in data if key.startswith("disk full -> firing")]
+    if disk:
+        interval = data["disk_interval_seconds"]
+        rows += _latency(f"disk full -> MQTT event (probe every {interval:g}s)", data[disk[0]])
+    return rows
+
+
+def remediation_rows(data: Any) -> list[Row]:
+    """A unit's crash to the engine having it active again."""
+    return _latency(
+        "unit crash -> active by remediation", data["crash -> unit active (engine restart)"]
+    )
+
+
 def main() -> None:
     """Print the summary table and write it as JSON."""
     rows: list[Row] = []
@@ -108,6 +134,8 @@ def main() -> None:
         ("process_scan", scan_rows),
         ("mqtt_throughput", mqtt_rows),
         ("units_latency", units_rows),
+        ("detection_latency", detection_rows),
+        ("remediation_latency", remediation_rows),
     ):
         data = _load(name)
         if data is not None:

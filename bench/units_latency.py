@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from agent.probes.catalog import metrics_of
 from agent.probes.units import UnitsProbe
 from agent.rules import ConditionTracker
 from agent.systemd_dbus import SystemdClient
+from bench.common import percentiles
 from tests.nspawn import NspawnSystemd, ensure_rootfs, sweep_stale_containers
 
 FLAPS = (
@@ -41,21 +40,6 @@ FLAPS = (
     "[Service]\nExecStart=/bin/sh -c 'sleep 0.2; exit 1'\nRestart=always\nRestartSec=100ms\n"
 )
 RESULTS = Path(__file__).parent / "results" / "units_latency.json"
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
-
-    return {
-        "n": len(ordered),
-        "p50_ms": statistics.median(ordered) * 1e3,
-        "p90_ms": pick(0.90) * 1e3,
-        "p99_ms": pick(0.99) * 1e3,
-        "max_ms": ordered[-1] * 1e3,
-    }
 
 
 async def _round_trips(bus: str, unit: str, calls: int) -> dict[str, dict[str, float]]:
@@ -70,8 +54,8 @@ async def _round_trips(bus: str, unit: str, calls: int) -> dict[str, dict[str, f
             await client.unit(unit)
             unit_times.append(time.perf_counter() - t0)
     return {
-        "list_units (1 call)": _percentiles(list_times),
-        "unit (2 GetAll)": _percentiles(unit_times),
+        "list_units (1 call)": percentiles(list_times),
+        "unit (2 GetAll)": percentiles(unit_times),
     }
 
 
@@ -123,7 +107,7 @@ def main() -> None:
             t0 = time.monotonic()
             container.stop()
             stop_seconds = time.monotonic() - t0
-    to_rules = _percentiles(latencies)
+    to_rules = percentiles(latencies)
     figures = {
         "boot_seconds": container.boot_seconds,
         "stop_seconds": stop_seconds,

@@ -35,6 +35,8 @@ __all__ = [
     "start_nvml",
 ]
 
+import ctypes
+import importlib.util
 from pathlib import Path
 from typing import Protocol
 
@@ -219,6 +221,9 @@ class NvmlAbsentError(Exception):
 
 
 _NO_DRIVER = frozenset({NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED})
+_LIBRARY = "libnvidia-ml.so.1"
+_NO_LIBRARY = "NVML Shared Library Not Found"
+"""pynvml's text for NVML_ERROR_LIBRARY_NOT_FOUND."""
 _NVIDIA_VENDOR = "0x10de"
 _DISPLAY_CLASS = "0x03"
 """PCI class 03: display controllers (VGA and 3D); NVSwitches are bridges (06)."""
@@ -241,6 +246,11 @@ def start_nvml(nvml: Nvml | None, *, sys: Path) -> Nvml:
             driver is there and fails (version mismatch, no permission).
     """
     if nvml is None:
+        if importlib.util.find_spec("pynvml") is not None and not _nvml_may_start(sys):
+            # pynvml holds about 2 MB of ctypes structures for as long as the agent runs:
+            # a host with no NVIDIA GPU and no library to load never imports it, and says
+            # what pynvml's own nvmlInit would have said.
+            raise NvmlAbsentError(f"no NVIDIA GPU or driver on this host (NVML: {_NO_LIBRARY})")
         try:
             import pynvml
         except ImportError:
@@ -264,6 +274,17 @@ def start_nvml(nvml: Nvml | None, *, sys: Path) -> Nvml:
             "to the agent (systemd's PrivateDevices=yes hides it)?"
         ) from err
     return nvml
+
+
+def _nvml_may_start(sys: Path) -> bool:
+    """Whether NVML could start here: an NVIDIA GPU on the PCI bus, or its library loads."""
+    if nvidia_gpus_on_pci_bus(sys):
+        return True
+    try:
+        ctypes.CDLL(_LIBRARY)  # the name pynvml loads on Linux
+    except OSError:
+        return False
+    return True
 
 
 def nvidia_gpus_on_pci_bus(sys: Path) -> int:

@@ -8,6 +8,10 @@ as every figure the probe reports), the owner of ``/proc/PID`` for ``user``, and
 all. Only members get their descriptors counted, and at most every ``FD_REFRESH``
 seconds each (a new member at once): the counts move slowly and cost more than the rest.
 
+On a live procfs each process's ``stat`` and ``cmdline`` stay open between runs and
+are read again with one ``pread`` (``agent.probes.proc_files`` says why that is exact
+where caching command lines is not: ``exec``, in-place title rewrites, PID reuse).
+
 A process that exits mid-run, or that the agent may not inspect, is skipped (debug log):
 on a busy host that happens every run and is not a failure.
 """
@@ -28,11 +32,19 @@ from typing import TYPE_CHECKING
 
 from agent.model import LabelSet, Sample, labelset
 from agent.probes.base import BlockingProbe, Clock
+from agent.probes.proc_files import (
+    HEADROOM,
+    HELD_FD_FLOOR,
+    HeldProcFiles,
+    raise_open_files_limit,
+)
 from agent.probes.procfs_reader import (
     ProcReader,
     ProcStat,
     cgroup_pids,
     comm_of,
+    decode_cmdline,
+    is_procfs,
     parse_stat,
     read_pidfile,
 )
@@ -78,9 +90,10 @@ class _Group:
 class _Run:
     """What one run has read so far, shared by every group."""
 
+    now: float
     stats: dict[int, bytes] = field(default_factory=dict)
-    parsed: dict[int, ProcStat] = field(default_factory=dict)
-    cmdlines: dict[int, str] = field(default_factory=dict)
+    parsed: dict[int, tuple[bytes, ProcStat]] = field(default_factory=dict)
+    cmdlines: dict[int, tuple[bytes, str]] = field(default_factory=dict)
     uids: dict[int, int] = field(default_factory=dict)
     ticks: dict[_Key, int] = field(default_factory=dict)
     fds: dict[_Key, tuple[int, int | None, float]] = field(default_factory=dict)
@@ -96,6 +109,9 @@ class ProcessesProbe(BlockingProbe):
         proc: where procfs is mounted (a fixture tree in tests).
         cgroup: where the cgroup hierarchies are mounted, for ``unit`` groups.
         clock: monotonic seconds.
+        hold_files: keep each process's ``stat`` and ``cmdline`` open between runs;
+            None: when ``proc`` is a live procfs and there are groups.
+        fd_refresh: seconds a member's descriptor count and limit are reused.
     """
 
     def __init__(
@@ -107,9 +123,18 @@ class ProcessesProbe(BlockingProbe):
         proc: Path = Path("/proc"),
         cgroup: Path = Path("/sys/fs/cgroup"),
         clock: Clock = time.monotonic,
+        hold_files: bool | None = None,
+        fd_refresh: float = FD_REFRESH,
     ) -> None:
         super().__init__(name="processes", interval=interval, timeout=timeout, clock=clock)
-        self._reader = ProcReader(proc)
+        if hold_files is None:
+            hold_files = bool(groups) and is_procfs(proc)
+        self._files: HeldProcFiles | None = None
+        if hold_files:
+            capacity = raise_open_files_limit() - HELD_FD_FLOOR - HEADROOM
+            self._files = HeldProcFiles(str(proc), capacity=max(0, capacity))
+        self._reader = ProcReader(proc, files=self._files)
+        self._fd_refresh = fd_refresh
         self._cgroup = cgroup
         self._groups = [
             _Group(
@@ -123,13 +148,14 @@ class ProcessesProbe(BlockingProbe):
         self._previous_ticks: dict[_Key, int] = {}
         self._previous_fds: dict[_Key, tuple[int, int | None, float]] = {}
         self._previous_uptime: float | None = None
+        self._previous_run = _Run(now=0.0)
 
     def collect(self) -> list[Sample]:
         """One pass over procfs, then each group's figures."""
         if not self._groups:
             return []
         uptime = self._reader.uptime()
-        run = _Run()
+        run = _Run(now=self._clock())
         members = self._members(run)
         samples: list[Sample] = []
         for group, pids in zip(self._groups, members, strict=True):
@@ -137,55 +163,88 @@ class ProcessesProbe(BlockingProbe):
         self._previous_ticks = run.ticks
         self._previous_fds = run.fds
         self._previous_uptime = uptime
+        self._previous_run = run
+        if self._files is not None:
+            self._files.sweep()
         return samples
+
+    def close(self) -> None:
+        """Stop the probe; its held files are closed once no run uses them."""
+        super().close()
+        files = self._files
+        if files is None:
+            return
+        running = self._running
+        if running is None:
+            files.close()
+        else:
+            # A run in progress reads them: close them in its thread when it ends (at
+            # once, here, when it already has).
+            running.add_done_callback(lambda _: files.close())
 
     def _members(self, run: _Run) -> list[list[int]]:
         """Each group's member PIDs, in the order of the groups."""
-        found: list[list[int]] = [[] for _ in self._groups]
+        found: list[list[int]] = []
+        listed: list[int] | None = None
         for group in self._groups:
             self._resolve_user(group)
-        scanned = [
-            (group, found[index])
-            for index, group in enumerate(self._groups)
-            if group.scanned and _can_match(group)
-        ]
-        if scanned:
-            for pid in self._reader.pids():
-                for group, hits in scanned:
-                    if self._matches(group, pid, run):
-                        hits.append(pid)
-        for group, hits in zip(self._groups, found, strict=True):
             if not group.scanned:
-                candidates = self._sourced(group)
-                hits.extend(pid for pid in candidates if self._matches(group, pid, run))
+                found.append(self._narrow(group, self._sourced(group), run))
+            elif _can_match(group):
+                if listed is None:
+                    listed = self._reader.pids()
+                found.append(self._narrow(group, listed, run))
+            else:
+                found.append([])
         return found
 
-    def _matches(self, group: _Group, pid: int, run: _Run) -> bool:
-        # Cheapest test first (the owner is one stat(2), stat is reused for a member's
-        # figures, cmdline is the dearest); each file is read at most once per run.
-        try:
-            if group.config.user is not None:
-                uid = run.uids.get(pid)
-                if uid is None:
-                    uid = run.uids[pid] = self._reader.effective_uid(pid)
-                if uid != group.uid:
-                    return False
-            if group.comm is not None:
-                raw = run.stats.get(pid)
-                if raw is None:
-                    raw = run.stats[pid] = self._reader.stat(pid)
-                if comm_of(raw) != group.comm:
-                    return False
-            if group.cmdline is not None:
-                line = run.cmdlines.get(pid)
-                if line is None:
-                    line = run.cmdlines[pid] = self._reader.cmdline(pid)
-                if group.cmdline.search(line) is None:
-                    return False
-        except (*_GONE, PermissionError) as err:
-            log.debug("processes: skipping pid %d: %s", pid, err)
-            return False
-        return True
+    def _narrow(self, group: _Group, pids: list[int], run: _Run) -> list[int]:
+        """The PIDs that pass each of the group's matchers.
+
+        Cheapest test first (the owner is one stat(2), stat is reused for a member's
+        figures, cmdline is the dearest); each file is read at most once per run, and
+        for all the processes still in question at once.
+        """
+        if group.config.user is not None:
+            pids = [pid for pid in pids if self._uid(pid, run) == group.uid]
+        if group.comm is not None:
+            stats = self._stats(pids, run)
+            pids = [pid for pid in pids if pid in stats and comm_of(stats[pid]) == group.comm]
+        if group.cmdline is not None:
+            lines = self._cmdlines(pids, run)
+            search = group.cmdline.search
+            pids = [pid for pid in pids if pid in lines and search(lines[pid][1]) is not None]
+        return pids
+
+    def _uid(self, pid: int, run: _Run) -> int | None:
+        uid = run.uids.get(pid)
+        if uid is None:
+            try:
+                uid = run.uids[pid] = self._reader.effective_uid(pid)
+            except (*_GONE, PermissionError) as err:
+                log.debug("processes: skipping pid %d: %s", pid, err)
+        return uid
+
+    def _stats(self, pids: list[int], run: _Run) -> dict[int, bytes]:
+        """Raw ``stat`` of the PIDs still running, read once per run (with others')."""
+        stats = run.stats
+        missing = [pid for pid in pids if pid not in stats]
+        if missing:
+            stats.update(self._reader.read_all(missing, "stat"))
+        return stats
+
+    def _cmdlines(self, pids: list[int], run: _Run) -> dict[int, tuple[bytes, str]]:
+        """Raw and decoded ``cmdline`` of the PIDs still running; decoded when it changed."""
+        lines = run.cmdlines
+        missing = [pid for pid in pids if pid not in lines]
+        if missing:
+            known = self._previous_run.cmdlines
+            for pid, raw in self._reader.read_all(missing, "cmdline").items():
+                line = known.get(pid)
+                if line is None or line[0] != raw:
+                    line = (raw, decode_cmdline(raw))
+                lines[pid] = line
+        return lines
 
     def _sourced(self, group: _Group) -> list[int]:
         """The PIDs of a pidfile or unit group; an empty list when it is not running."""
@@ -220,42 +279,80 @@ class ProcessesProbe(BlockingProbe):
             _report_problem(group, "user", None)
 
     def _measure(self, group: _Group, pids: list[int], run: _Run, uptime: float) -> list[Sample]:
+        # The hottest loop of the probe (once per member per run): locals, no calls in
+        # the common case.
         tally = _Tally()
         born_after = (self._previous_uptime or 0.0) * CLOCK_TICKS
+        stats = self._stats(pids, run)
+        known, parsed = self._previous_run.parsed, run.parsed
+        previous_ticks, ticks = self._previous_ticks, run.ticks
+        keys = tally.keys
+        threads = zombies = rss_pages = new_ticks = 0
+        oldest: int | None = None
         for pid in pids:
-            stat = self._stat(pid, run)
-            if stat is None:
-                continue
+            raw = stats.get(pid)
+            if raw is None:
+                continue  # gone
+            # An idle process's stat is the same bytes run after run: parsed once.
+            old = parsed.get(pid) or known.get(pid)
+            if old is None or old[0] != raw:
+                old = (raw, parse_stat(raw))
+            parsed[pid] = old
+            stat = old[1]
             key = (pid, stat.start)
-            run.ticks[key] = stat.ticks
-            before = self._previous_ticks.get(key)
+            keys.add(key)
+            ticks[key] = stat.ticks
+            before = previous_ticks.get(key)
             if before is not None:
-                new_ticks = max(0, stat.ticks - before)
-            else:
-                # Started since the previous run: all its CPU time is new.
-                new_ticks = stat.ticks if stat.start >= born_after else 0
-            tally.add(key, stat, new_ticks)
-            descriptors = self._descriptors(key, run)
-            if descriptors is not None:
-                tally.add_fds(*descriptors)
-        current = frozenset(tally.keys)
+                if stat.ticks > before:
+                    new_ticks += stat.ticks - before
+            elif stat.start >= born_after:
+                new_ticks += stat.ticks  # started since the previous run: all of it is new
+            threads += stat.threads
+            rss_pages += stat.rss_pages
+            if stat.state == b"Z":
+                zombies += 1
+            if oldest is None or stat.start < oldest:
+                oldest = stat.start
+        tally.threads, tally.zombies, tally.rss_pages = threads, zombies, rss_pages
+        tally.ticks, tally.oldest = new_ticks, oldest
+        self._count_descriptors(keys, run, tally)
+        current = frozenset(keys)
         if group.last_members and current - group.last_members:
             group.restarts += 1
         if current:
             group.last_members = current
         return self._samples(group, tally, uptime)
 
-    def _descriptors(self, key: _Key, run: _Run) -> tuple[int, int | None] | None:
-        """A member's open descriptors and NOFILE limit, read at most every FD_REFRESH s.
+    def _count_descriptors(self, keys: set[_Key], run: _Run, tally: _Tally) -> None:
+        """Add the members' descriptors and their highest use of the limit to ``tally``."""
+        previous_fds, fds, now, refresh = self._previous_fds, run.fds, run.now, self._fd_refresh
+        counted = False
+        open_fds, ratio = 0, 0.0
+        for key in keys:
+            descriptors = previous_fds.get(key)
+            if descriptors is not None and now - descriptors[2] < refresh:
+                fds[key] = descriptors  # the common case, inline
+            else:
+                descriptors = self._descriptors(key, run)
+                if descriptors is None:
+                    continue
+            counted = True
+            open_fds += descriptors[0]
+            limit = descriptors[1]
+            if limit and descriptors[0] / limit > ratio:
+                ratio = descriptors[0] / limit
+        if counted:
+            tally.fds, tally.fds_ratio = open_fds, ratio
 
-        They are the dearest figures after the scan itself and move slowly; a process
-        seen for the first time is read at once. None when they cannot be read.
+    def _descriptors(self, key: _Key, run: _Run) -> tuple[int, int | None, float] | None:
+        """A member's open descriptors and NOFILE limit, read now; None when unreadable.
+
+        They are the dearest figures after the scan itself and move slowly, so
+        ``_count_descriptors`` reuses them for ``fd_refresh`` seconds; a process seen for the
+        first time is read at once.
         """
-        now = self._clock()
-        known = self._previous_fds.get(key)
-        if known is not None and now - known[2] < FD_REFRESH:
-            run.fds[key] = known
-            return known[0], known[1]
+        now = run.now
         pid = key[0]
         try:
             open_fds = self._reader.fd_count(pid)
@@ -263,20 +360,8 @@ class ProcessesProbe(BlockingProbe):
         except (OSError, ValueError) as err:
             log.debug("processes: no descriptors for pid %d: %s", pid, err)
             return None
-        run.fds[key] = (open_fds, limit, now)
-        return open_fds, limit
-
-    def _stat(self, pid: int, run: _Run) -> ProcStat | None:
-        stat = run.parsed.get(pid)
-        if stat is not None:
-            return stat
-        try:
-            raw = run.stats.get(pid) or self._reader.stat(pid)
-        except (*_GONE, PermissionError) as err:
-            log.debug("processes: pid %d gone: %s", pid, err)
-            return None
-        stat = run.parsed[pid] = parse_stat(raw)
-        return stat
+        descriptors = run.fds[key] = (open_fds, limit, now)
+        return descriptors
 
     def _samples(self, group: _Group, tally: _Tally, uptime: float) -> list[Sample]:
         config, labels = group.config, group.labels
@@ -321,21 +406,6 @@ class _Tally:
     oldest: int | None = None
     fds: int | None = None
     fds_ratio: float = 0.0
-
-    def add(self, key: _Key, stat: ProcStat, new_ticks: int) -> None:
-        """Count one member."""
-        self.keys.add(key)
-        self.threads += stat.threads
-        self.rss_pages += stat.rss_pages
-        self.zombies += stat.state == b"Z"
-        self.ticks += new_ticks
-        self.oldest = stat.start if self.oldest is None else min(self.oldest, stat.start)
-
-    def add_fds(self, open_fds: int, limit: int | None) -> None:
-        """Count one member's descriptors; ``limit`` None is unlimited."""
-        self.fds = (self.fds or 0) + open_fds
-        if limit:
-            self.fds_ratio = max(self.fds_ratio, open_fds / limit)
 
 
 def _can_match(group: _Group) -> bool:

@@ -6,7 +6,9 @@ A process can exit between any two reads: those reads raise ``FileNotFoundError`
 ``ProcessLookupError`` (and ``PermissionError`` where the agent may not look), which the
 caller treats as normal.
 
-On a live procfs two cheaper sources replace file reads where the kernel offers them:
+On a live procfs a run's ``stat`` and ``cmdline`` reads go through files kept open
+between runs when the caller hands over ``HeldProcFiles`` (one ``pread`` each instead
+of three calls), and two cheaper sources replace file reads where the kernel offers them:
 the size ``stat(2)`` reports for ``/proc/PID/fd`` is the number of open descriptors
 (Linux 6.2 and later), and ``prlimit(2)`` gives a process's RLIMIT_NOFILE when ``proc``
 is the agent's own PID namespace. A fixture tree gets neither and is read as files.
@@ -23,15 +25,22 @@ __all__ = [
     "ProcStat",
     "cgroup_pids",
     "comm_of",
+    "decode_cmdline",
+    "is_procfs",
     "parse_stat",
     "read_bytes",
     "read_pidfile",
 ]
 
+import logging
 import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.probes.proc_files import HeldProcFiles
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 4096
 # Fields after "pid (comm) ", counted from 0: state is field 3 of proc_pid_stat(5).
@@ -101,16 +110,24 @@ def parse_stat(stat: bytes) -> ProcStat:
         raise ValueError(f"stat has {len(fields)} fields after the name") from None
 
 
+def decode_cmdline(raw: bytes) -> str:
+    """Raw ``cmdline`` content as text, the arguments joined by spaces."""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
+
+
 class ProcReader:
     """Reads per-process files below one procfs mount.
 
     Args:
         proc: where procfs is mounted (a fixture tree in tests).
+        files: where ``stat`` and ``cmdline`` are read from instead of fresh opens
+            (a live procfs only: a fixture file kept open would outlive its removal).
     """
 
-    def __init__(self, proc: Path) -> None:
+    def __init__(self, proc: Path, *, files: HeldProcFiles | None = None) -> None:
         self.proc = proc
         self._prefix = f"{proc}/"
+        self._files = files
         self._fd_count_in_size = _counts_fds_in_size(proc)
         self._own_namespace = _is_own_namespace(proc)
 
@@ -120,8 +137,19 @@ class ProcReader:
         Raises:
             OSError: when procfs cannot be listed.
         """
-        with os.scandir(self.proc) as entries:
-            return [int(entry.name) for entry in entries if entry.name.isdigit()]
+        return [int(name) for name in os.listdir(self._prefix) if name.isdigit()]
+
+    def read_all(self, pids: list[int], name: str) -> dict[int, bytes]:
+        """``/proc/PID/<name>`` of each PID; a process gone or off limits is left out."""
+        if self._files is not None:
+            return self._files.read_all(pids, name)
+        out: dict[int, bytes] = {}
+        for pid in pids:
+            try:
+                out[pid] = read_bytes(f"{self._prefix}{pid}/{name}")
+            except (FileNotFoundError, ProcessLookupError, PermissionError) as err:
+                log.debug("processes: skipping pid %d: %s", pid, err)
+        return out
 
     def uptime(self) -> float:
         """Seconds since boot, from ``uptime``.
@@ -138,12 +166,19 @@ class ProcReader:
 
     def stat(self, pid: int) -> bytes:
         """Raw ``/proc/PID/stat``."""
+        if self._files is not None:
+            return self._files.read(pid, "stat")
         return read_bytes(f"{self._prefix}{pid}/stat")
 
     def cmdline(self, pid: int) -> str:
         """The command line with arguments joined by spaces (empty for kernel threads)."""
-        raw = read_bytes(f"{self._prefix}{pid}/cmdline")
-        return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
+        return decode_cmdline(self.cmdline_bytes(pid))
+
+    def cmdline_bytes(self, pid: int) -> bytes:
+        """Raw ``/proc/PID/cmdline``: the arguments, each ended by a NUL."""
+        if self._files is not None:
+            return self._files.read(pid, "cmdline")
+        return read_bytes(f"{self._prefix}{pid}/cmdline")
 
     def effective_uid(self, pid: int) -> int:
         """The effective UID of the process.
@@ -234,6 +269,18 @@ def _collect_children(directory: str, pids: list[int]) -> None:
         except FileNotFoundError:
             continue
         _collect_children(child, pids)
+
+
+def is_procfs(proc: Path) -> bool:
+    """Whether ``proc`` is the root of a procfs mount, not a fixture tree.
+
+    procfs's root is inode 1 and lists ``self`` (a symlink, dangling when the mount
+    belongs to another PID namespace).
+    """
+    try:
+        return os.stat(proc).st_ino == 1 and os.path.lexists(f"{proc}/self")
+    except OSError:
+        return False
 
 
 def _counts_fds_in_size(proc: Path) -> bool:

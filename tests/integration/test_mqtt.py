@@ -642,16 +642,22 @@ async def test_good_credentials_and_certificates_connect(
 # --- events tail ----------------------------------------------------------------------
 
 
+def tail_config(tmp_path: Path, broker: MosquittoBroker, prefix: str) -> Path:
+    """A config file for ``nodemedic events tail`` on the anonymous listener."""
+    config = tmp_path / "tail.yaml"
+    config.write_text(
+        json.dumps({"mqtt": {"url": broker.url("anon"), "topic_prefix": prefix}}),
+        encoding="utf-8",
+    )
+    return config
+
+
 @pytest.mark.asyncio
 async def test_events_tail_prints_one_line_per_live_event(
     mosquitto: MosquittoBroker, agent_factory: Callable[..., AgentProcess], tmp_path: Path
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}/v1"
-    config = tmp_path / "tail.yaml"
-    config.write_text(
-        json.dumps({"mqtt": {"url": mosquitto.url("anon"), "topic_prefix": prefix}}),
-        encoding="utf-8",
-    )
+    config = tail_config(tmp_path, mosquitto, prefix)
     tail = asyncio.create_task(
         asyncio.to_thread(
             run_cli,

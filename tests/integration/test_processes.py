@@ -94,6 +94,7 @@ async def test_children_are_counted_with_their_resources(token: str, spawn: Spaw
     for _ in range(3):
         spawn("web")
     spawn("other")
+    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # the children inherit it
     probe = make_probe({"name": "web", "cmdline": f"^{token}-web "})
     try:
         values = await wait_for(probe, "web", "processes", 3)
@@ -105,7 +106,6 @@ async def test_children_are_counted_with_their_resources(token: str, spawn: Spaw
     assert values["zombies"] == 0
     assert values["rss_bytes"] > 3 * 100_000  # sleep keeps a few hundred KiB resident
     assert values["fds"] >= 9  # stdin, stdout and stderr each
-    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # the children inherit it
     assert values["fds_limit_ratio"] == pytest.approx(3 / soft_limit)
     assert 0 <= values["oldest_age_seconds"] < 120
 

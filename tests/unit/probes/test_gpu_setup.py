@@ -55,7 +55,7 @@ def _gpu_log(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
 async def test_real_pynvml_without_a_driver_disables_the_probe_with_one_info_line(
     closing: Closing, caplog: pytest.LogCaptureFixture
 ) -> None:
-    probe = closing(GpuProbe())  # imports the real pynvml; nvmlInit finds no library
+    probe = closing(GpuProbe())  # no GPU on the bus, no library: the real start path
 
     with caplog.at_level(logging.DEBUG, logger="agent.probes.gpu"):
         readings = [await probe.sample() for _ in range(3)]
@@ -64,6 +64,19 @@ async def test_real_pynvml_without_a_driver_disables_the_probe_with_one_info_lin
     reason = "no NVIDIA GPU or driver on this host (NVML: NVML Shared Library Not Found)"
     assert probe.disabled_reason == reason
     assert _gpu_log(caplog) == [(logging.INFO, f"probe gpu: disabled: {reason}")]
+
+
+@pytest.mark.skipif(nvidia_host(), reason="this host has an NVIDIA GPU or driver")
+@pytest.mark.asyncio
+async def test_real_pynvml_with_a_gpu_on_the_bus_but_no_library_fails_the_probe(
+    tmp_path: Path, closing: Closing
+) -> None:
+    # The bus says a GPU is there, so the probe does import pynvml, whose nvmlInit fails.
+    probe = closing(GpuProbe(sys=pci_bus(tmp_path, NVIDIA_H100)))
+
+    with pytest.raises(ProbeError, match=r"NVIDIA GPU\(s\) on the PCI bus but no driver"):
+        await probe.sample()
+    assert probe.disabled_reason is None
 
 
 @pytest.mark.parametrize(
