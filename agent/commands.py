@@ -41,10 +41,10 @@ import fnmatch
 import json
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
@@ -174,7 +174,9 @@ class Command(_Strict):
 
     def canonical(self) -> bytes:
         """The bytes the signature covers."""
-        return canonical_bytes(self.model_dump(mode="json", exclude_none=True))
+        # No float walk: every scalar field is a Strict int, str or bool, so a validated
+        # command cannot hold one (the received JSON was walked before validation).
+        return _canonical_json(self.model_dump(mode="json", exclude_none=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,20 +224,40 @@ def canonical_bytes(value: Any) -> bytes:
         ValueError: when ``value`` holds a float (its text form is not canonical).
     """
     _refuse_floats(value)
+    return _canonical_json(value)
+
+
+def _canonical_json(value: Any) -> bytes:
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
 
 
+_SCALARS: Final = frozenset({str, int, bool, type(None)})
+
+
 def _refuse_floats(value: Any) -> None:
-    if isinstance(value, float):
+    # Every received command is walked: exact type checks first (what JSON decodes to),
+    # the abstract-class checks only for other containers a caller may hand in.
+    kind = type(value)
+    if kind in _SCALARS:
+        return
+    items: Iterable[Any]
+    if kind is dict:
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    elif isinstance(value, float):
         # A value error, not a type error: the float came from input, not from our code.
-        raise ValueError("floats have no canonical form in a command; use an integer or string")  # noqa: TRY004
-    if isinstance(value, Mapping):
-        for item in value.values():
-            _refuse_floats(item)
+        raise ValueError("floats have no canonical form in a command; use an integer or string")
+    elif isinstance(value, Mapping):
+        items = value.values()
     elif isinstance(value, list | tuple):
-        for item in value:
+        items = value
+    else:
+        return
+    for item in items:
+        if type(item) not in _SCALARS:
             _refuse_floats(item)
 
 

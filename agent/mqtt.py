@@ -36,6 +36,7 @@ __all__ = [
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import random
@@ -79,6 +80,16 @@ _STATE_TIMEOUT: Final = 5.0  # seconds for a retained status publish at connect 
 # (paho acknowledges on receipt, so a backlog would otherwise queue here without bound).
 _MAX_INCOMING_PACKET: Final = MAX_COMMAND_BYTES + 4096
 _INCOMING_QUEUE: Final = 256
+
+
+def _reply_template() -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = "application/json"
+    return props
+
+
+_REPLY_PROPERTIES: Final = _reply_template()
+"""What every command reply carries besides its correlation data; copied per reply."""
 
 
 class _ConnectFailedError(Exception):
@@ -510,11 +521,14 @@ class MqttPublisher:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        # The subscriptions are these exact topics (no wildcards), so equality is the
+        # match, without aiomqtt's level-by-level wildcard matcher on every command.
+        topic = message.topic.value
         incoming = IncomingCommand(
             payload=raw,
-            via=f"mqtt:{message.topic.value}",
-            retained=message.topic.matches(self._topics.fleet_pause),
-            fleet=message.topic.matches(self._topics.fleet_commands),
+            via=f"mqtt:{topic}",
+            retained=topic == self._topics.fleet_pause,
+            fleet=topic == self._topics.fleet_commands,
             response_topic=response_topic,
             correlation_data=correlation,
         )
@@ -538,8 +552,9 @@ class MqttPublisher:
         correlation: bytes | None,
         reply: CommandReply,
     ) -> None:
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ContentType = "application/json"
+        # A copy of one template: paho builds tables of every property name per new
+        # Properties object, a large share of a reply's cost when a fleet command lands.
+        props = copy.copy(_REPLY_PROPERTIES)
         if correlation is not None:
             props.CorrelationData = correlation
         try:

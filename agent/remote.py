@@ -413,7 +413,14 @@ class RemoteCommands:
             if command.target is not None:
                 data["target"] = command.target
         if type_.endswith(".accepted"):
-            log.info("remote command via %s: %s", incoming.via, detail)
+            # A status query changes nothing and comes to every node of a fleet at once:
+            # its event is the record; the log keeps the commands that act.
+            level = (
+                logging.DEBUG
+                if command is not None and command.kind is CommandKind.STATUS
+                else logging.INFO
+            )
+            log.log(level, "remote command via %s: %s", incoming.via, detail)
         self._emit(type_, command.principal if command is not None else None, data)
 
 

@@ -11,7 +11,15 @@ publish over MQTT). :func:`run_fleet` does both and returns the figures.
 
 from __future__ import annotations
 
-__all__ = ["Fleet", "FleetResult", "correlated_failure", "fan_out", "percentile", "run_fleet"]
+__all__ = [
+    "Fleet",
+    "FleetResult",
+    "correlated_failure",
+    "fan_out",
+    "percentile",
+    "run_fleet",
+    "status_command",
+]
 
 import asyncio
 import contextlib
@@ -173,7 +181,8 @@ def _client(broker: FleetBroker) -> aiomqtt.Client:
     )
 
 
-def _status_command(key_file: Path) -> bytes:
+def status_command(key_file: Path, *, lifetime: int = 60) -> bytes:
+    """A ``status`` command for every simulated node, signed with the operator's key."""
     now = int(time.time())
     command = Command.model_validate(
         {
@@ -182,7 +191,7 @@ def _status_command(key_file: Path) -> bytes:
             "selector": {"labels": {"sim": "fleet"}},
             "kind": "status",
             "issued_at": now,
-            "expires_at": now + 60,
+            "expires_at": now + lifetime,
             "nonce": new_nonce(),
         }
     )
@@ -199,7 +208,7 @@ async def fan_out(
     async with _client(broker) as client:
         await client.subscribe(reply_topic, qos=1)
         for _ in range(rounds):
-            payload = _status_command(key_file)
+            payload = status_command(key_file)
             correlation = secrets.token_bytes(16)
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.MessageExpiryInterval = 60
