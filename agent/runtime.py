@@ -66,7 +66,7 @@ MQTT_GRACE = 1.5
 PROBE_UP = "nodemedic_probe_up"
 OUTBOX_USED = "nodemedic_mqtt_outbox_used_ratio"
 _PROBE_UP_METRICS = frozenset({PROBE_UP})
-_LAG_PERIOD = 0.5
+_LAG_PERIOD = 1.0
 _AGENT_SAMPLE_PERIOD = 1.0
 _WATCH_RETRY_MIN = 0.5
 _HOLD_TICK = 0.25
@@ -105,6 +105,14 @@ class Agent:
             for probe in self._probes
         }
         self._probe_up: dict[str, Sample] = {}
+        # Each probe's two probe_up readings, (down, up), made once: a run picks one.
+        self._up_readings: dict[str, tuple[Sample, Sample]] = {
+            probe.name: (
+                Sample.of(PROBE_UP, 0.0, probe=probe.name),
+                Sample.of(PROBE_UP, 1.0, probe=probe.name),
+            )
+            for probe in self._probes
+        }
         # The metrics each probe's run covers, looked up once rather than on every run.
         self._covered: dict[str, frozenset[str]] = {
             probe.name: frozenset(spec.name for spec in metrics_of(probe.name))
@@ -410,13 +418,22 @@ class Agent:
         tracker = self._require_tracker()
         if error is None:
             finite = [s for s in samples if math.isfinite(s.value)]
-            self._latest[name] = finite
-            transitions += tracker.observe(self._covered[name], finite, now)
-            if name in self._push and tracker.waiting(self._covered[name]):
+            covered = self._covered[name]
+            # A push probe's heartbeat mostly repeats its last reading, and a reading
+            # observed again moves only conditions that wait on time (see _hold_loop).
+            if not (
+                name in self._push
+                and before.error is None
+                and finite == self._latest.get(name)
+                and not tracker.waiting(covered)
+            ):
+                self._latest[name] = finite
+                transitions += tracker.observe(covered, finite, now)
+            if name in self._push and tracker.waiting(covered):
                 self._holds_waiting.set()
-        up = Sample.of(PROBE_UP, 0.0 if error else 1.0, probe=name)
+        up = self._up_readings[name][error is None]
         # Unchanged readings move only conditions that wait on time; skip the rest.
-        if self._probe_up.get(name) != up or tracker.waiting(_PROBE_UP_METRICS):
+        if self._probe_up.get(name) is not up or tracker.waiting(_PROBE_UP_METRICS):
             self._probe_up[name] = up
             transitions += tracker.observe(_PROBE_UP_METRICS, list(self._probe_up.values()), now)
         self._apply(transitions)

@@ -4,11 +4,22 @@ A :class:`BlockingProbe` owns one worker thread. ``sample()`` hands ``collect()`
 thread under a timeout; a run that overstays is abandoned (a thread stuck in ``statvfs``
 on a dead NFS server cannot be interrupted) and the probe refuses to start another until
 it returns, so one hung mount costs one thread, never one per interval.
+
+The exception is a probe whose type sets :attr:`BlockingProbe.inline`: it reads only
+system-wide counters the kernel generates in memory when they are read (``/proc/stat``,
+``/proc/meminfo``, ``/proc/pressure/*``, ``adjtimex``...), which wait on no device, no
+network and no lock a slow driver holds, so ``collect()`` runs on the event loop itself.
+The hand-off to a thread and back costs more CPU (110-180 us) than most such readings.
+Every inline run is timed; :data:`INLINE_STRIKES` runs in a row longer than
+:data:`INLINE_LIMIT` (or one longer than the probe's timeout) move that probe back to its
+thread for good, with one warning.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "INLINE_LIMIT",
+    "INLINE_STRIKES",
     "AnyProbe",
     "BlockingProbe",
     "Clock",
@@ -18,6 +29,7 @@ __all__ = [
     "ProcfsProbe",
     "PushProbe",
     "is_push",
+    "next_beat",
     "parse_error",
     "read_text",
     "sample_once",
@@ -27,6 +39,7 @@ import abc
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -43,6 +56,18 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 """Monotonic seconds; injected so tests control elapsed time."""
+
+INLINE_LIMIT = 0.01
+"""Seconds an inline ``collect()`` may hold the event loop: about fifty times a normal
+reading (18-260 us here), well short of anything the loop's other work would notice."""
+
+INLINE_STRIKES = 3
+"""Runs in a row over :data:`INLINE_LIMIT` that move a probe back to its worker thread.
+
+Not one: on a busy host a run is sometimes preempted for tens of milliseconds (seen here,
+load 6 on 2 cores: 33 ms for a /proc/meminfo read), and a first run pays one-time costs
+(loading libc for ``adjtimex``: 10 ms). A source that is really slow is slow every time.
+A single run that overstays the probe's timeout moves it at once."""
 
 
 class Probe(Protocol):
@@ -179,6 +204,10 @@ class BlockingProbe(abc.ABC):
     translates ``OSError``, ``psutil.Error`` and ``ValueError`` into :class:`ProbeError`.
     Any other exception is a bug in the probe and propagates unchanged.
 
+    A subclass that sets :attr:`inline` runs :meth:`collect` on the event loop instead
+    (see the module docstring); the timeout then cannot interrupt a run, so the run is
+    timed, and runs over :data:`INLINE_LIMIT` send the probe back to its thread.
+
     Args:
         name: the catalog probe name.
         interval: seconds between runs (> 0).
@@ -188,6 +217,15 @@ class BlockingProbe(abc.ABC):
     Raises:
         ValueError: when interval or timeout is not positive.
     """
+
+    inline: ClassVar[bool] = False
+    """True only for a probe type whose :meth:`collect` reads nothing but system-wide
+    counters the kernel generates in memory (``/proc/stat``, ``/proc/meminfo``,
+    ``/proc/loadavg``, ``/proc/vmstat``, ``/proc/pressure/*``, ``/proc/sys/fs/file-nr``,
+    ``/proc/diskstats``, ``/proc/uptime``, ``/proc/net/dev``, ``adjtimex``): such a read
+    cannot block on I/O, so it runs on the event loop without a thread hand-off. Anything
+    that can block stays False: ``statvfs`` (a network filesystem), hwmon sensors (i2c,
+    slow drivers), a device's sysfs files, subprocesses, D-Bus, per-process files."""
 
     def __init__(
         self, *, name: str, interval: float, timeout: float, clock: Clock = time.monotonic
@@ -206,10 +244,18 @@ class BlockingProbe(abc.ABC):
         self._running: concurrent.futures.Future[list[Sample]] | None = None
         self._started = 0.0
         self._closed = False
+        self._inline = self.inline
+        self._slow_runs = 0
+
+    @property
+    def runs_inline(self) -> bool:
+        """Whether the next run reads on the event loop (False once one was too slow)."""
+        return self._inline
 
     @abc.abstractmethod
     def collect(self) -> list[Sample]:
-        """Read the source and return the samples; runs in the probe's worker thread.
+        """Read the source and return the samples; runs in the probe's worker thread
+        (on the event loop for an :attr:`inline` probe).
 
         Raises:
             OSError: when a file or syscall fails (``filename`` names the path).
@@ -218,7 +264,7 @@ class BlockingProbe(abc.ABC):
         """
 
     async def sample(self) -> Sequence[Sample]:
-        """Run :meth:`collect` in the worker thread under the timeout.
+        """Run :meth:`collect` in the worker thread under the timeout (or inline).
 
         Raises:
             ProbeError: when collect fails, or the probe is closed.
@@ -227,6 +273,39 @@ class BlockingProbe(abc.ABC):
         """
         if self._closed:
             raise ProbeError(f"probe {self.name} is closed")
+        try:
+            if self._inline:
+                return self._collect_inline()
+            return await self._collect_in_thread()
+        except OSError as err:
+            raise ProbeError(f"probe {self.name}: {_describe_os_error(err)}") from err
+        except psutil.Error as err:
+            raise ProbeError(f"probe {self.name}: psutil: {err}") from err
+        except ValueError as err:
+            raise ProbeError(f"probe {self.name}: {err}") from err
+
+    def _collect_inline(self) -> list[Sample]:
+        started = self._clock()
+        try:
+            return self.collect()
+        finally:
+            took = self._clock() - started
+            self._slow_runs = self._slow_runs + 1 if took > INLINE_LIMIT else 0
+            if self._slow_runs >= INLINE_STRIKES or took > self.timeout:
+                # A kernel-generated file should never be this slow; whatever makes it so
+                # (a kernel bug, lock contention, a fixture tree on a slow disk), it must
+                # not hold the loop again: the thread and its timeout guard it from now on.
+                self._inline = False
+                log.warning(
+                    "probe %s: %d readings in a row on the event loop took over %.0f ms "
+                    "(the last %.1f ms); reading it in its worker thread from now on",
+                    self.name,
+                    self._slow_runs,
+                    INLINE_LIMIT * 1000,
+                    took * 1000,
+                )
+
+    async def _collect_in_thread(self) -> list[Sample]:
         running = self._running
         if running is not None and not running.done():
             hung_for = self._clock() - self._started
@@ -250,14 +329,7 @@ class BlockingProbe(abc.ABC):
             raise ProbeTimeoutError(
                 f"probe {self.name}: run did not finish within {self.timeout:g}s"
             )
-        try:
-            return waiter.result()
-        except OSError as err:
-            raise ProbeError(f"probe {self.name}: {_describe_os_error(err)}") from err
-        except psutil.Error as err:
-            raise ProbeError(f"probe {self.name}: psutil: {err}") from err
-        except ValueError as err:
-            raise ProbeError(f"probe {self.name}: {err}") from err
+        return waiter.result()
 
     def close(self) -> None:
         """Shut the executor down without waiting for a run in progress."""
@@ -298,6 +370,18 @@ class ProcfsProbe(BlockingProbe):
     ) -> None:
         super().__init__(name=self.NAME, interval=interval, timeout=timeout, clock=clock)
         self.proc = proc
+
+
+def next_beat(now: float, interval: float) -> float:
+    """When a push probe's next heartbeat is due: the next multiple of its interval.
+
+    ``now`` is the event loop's clock (``loop.time()``), the clock the runtime schedules
+    polled probes on, at multiples of their intervals too: a heartbeat then wakes the
+    loop together with the polled probes due at that moment instead of on its own, and
+    every wake-up costs more CPU than a small probe's reading. Never more than one
+    interval away, so a probe yielding at each beat yields at least once per interval.
+    """
+    return (math.floor(now / interval) + 1) * interval
 
 
 def read_text(path: Path) -> str:

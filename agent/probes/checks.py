@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from agent.errors import ProbeError
 from agent.model import Sample
-from agent.probes.base import Clock, ProbeEvent, ProbeUpdate
+from agent.probes.base import Clock, ProbeEvent, ProbeUpdate, next_beat
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,11 @@ class ScheduledChecks(abc.ABC, Generic[CheckT]):
                 for check in self.checks
             ]
             self._tasks = tasks
+            loop = asyncio.get_running_loop()
             try:
                 while True:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.interval):
+                        async with asyncio.timeout_at(next_beat(loop.time(), self.interval)):
                             await self._completed.wait()
                     self._completed.clear()
                     dead = next((task for task in tasks if task.done()), None)

@@ -195,6 +195,9 @@ class GpuProbe(BlockingProbe):
 
     def _disable(self, reason: str) -> None:
         self._disabled_reason = reason
+        # Every later run returns [] without touching anything, so it can run on the
+        # event loop: a thread hand-off would cost more than the run (BlockingProbe.inline).
+        self._inline = True
         log.info("probe gpu: disabled: %s", reason)
 
     def _create_event_set(self, nvml: Nvml) -> object | None:

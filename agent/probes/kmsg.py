@@ -29,7 +29,7 @@ from pathlib import Path
 
 from agent.errors import ProbeError
 from agent.model import Sample
-from agent.probes.base import Clock, ProbeEvent, ProbeUpdate
+from agent.probes.base import Clock, ProbeEvent, ProbeUpdate, next_beat
 from agent.probes.kmsg_match import KernelLogMatcher, KernelPattern
 from agent.probes.kmsg_record import (
     ContinuationJoiner,
@@ -213,25 +213,31 @@ class KmsgProbe:
             reader = KmsgReader(self.path)
         except OSError as err:
             raise ProbeError(f"probe kmsg: cannot open {self.path}: {_reason(err)}") from err
-        intake = _Intake(self, reader, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        intake = _Intake(self, reader, loop)
         try:
             yield self._update(intake)
+            reported = loop.time()
             while True:
-                # Records that arrive meanwhile are matched at once and reported together,
-                # so a busy log costs the rules at most 1/_UPDATE_GAP evaluations a second.
-                await asyncio.sleep(_UPDATE_GAP)
-                await intake.wait(max(0.01, self._wait_time() - _UPDATE_GAP))
+                # A quiet log wakes the loop only at the heartbeat, which is on the polled
+                # probes' grid (next_beat). Records that arrive within _UPDATE_GAP of the
+                # last update are matched at once and reported together, so a busy log
+                # costs the rules at most 1/_UPDATE_GAP evaluations a second.
+                if await intake.wait(self._wait_time(loop.time())):
+                    await asyncio.sleep(max(0.0, reported + _UPDATE_GAP - loop.time()))
                 if intake.failure is not None:
                     raise ProbeError(f"probe kmsg: {intake.failure}")
                 yield self._update(intake)
+                reported = loop.time()
         finally:
             intake.close()
 
-    def _wait_time(self) -> float:
+    def _wait_time(self, now: float) -> float:
+        beat = next_beat(now, self.interval) - now
         deadline = self._matcher.next_deadline()
         if deadline is None:
-            return self.interval
-        return min(self.interval, max(0.01, deadline - self._clock()))
+            return beat
+        return min(beat, max(0.01, deadline - self._clock()))
 
     def _update(self, intake: _Intake) -> ProbeUpdate:
         self._matcher.expire()
@@ -263,14 +269,15 @@ class _Intake:
         self.failure: str | None = None
         loop.add_reader(reader.fileno(), self._on_readable)
 
-    async def wait(self, seconds: float) -> None:
-        """Until records were processed, the read failed, or ``seconds`` passed."""
+    async def wait(self, seconds: float) -> bool:
+        """Until records were processed or the read failed (True), or ``seconds`` passed."""
         try:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
         except TimeoutError:
-            return
+            return False
         self._wake.clear()
+        return True
 
     def take_events(self) -> list[ProbeEvent]:
         """The events raised since the last call."""

@@ -30,7 +30,7 @@ from pathlib import Path
 from agent.backoff import Backoff
 from agent.errors import SystemdError
 from agent.model import Sample
-from agent.probes.base import Clock, ProbeUpdate
+from agent.probes.base import Clock, ProbeUpdate, next_beat
 from agent.systemd_dbus import SystemdClient, UnitChange, UnitState
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,11 @@ class UnitsProbe:
         """Yield the units' state on every change, and at least once per ``interval``."""
         if self.bus_address is None and not self._booted_marker.is_dir():
             log.info("probe units: this host was not booted with systemd; no units to watch")
+            loop = asyncio.get_running_loop()
             while not self._closed:
                 yield ProbeUpdate()
-                await asyncio.sleep(self.interval)
+                now = loop.time()
+                await asyncio.sleep(next_beat(now, self.interval) - now)
             return
         # Never wait longer than the interval: a push probe must yield once per interval.
         pace = min(_RECONNECT_MAX, self.interval)

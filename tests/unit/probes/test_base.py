@@ -1,4 +1,4 @@
-"""BlockingProbe: the worker thread, the timeout, hung runs and error translation."""
+"""BlockingProbe: the worker thread, the timeout, hung runs, error translation, inline runs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent.config import ProbesConfig
 from agent.errors import ProbeError, ProbeTimeoutError
 from agent.model import Sample
-from agent.probes.base import BlockingProbe, read_text
+from agent.probes import build_probes
+from agent.probes.base import INLINE_LIMIT, INLINE_STRIKES, BlockingProbe, next_beat, read_text
 from agent.probes.cpu import CpuProbe
 
 from .fakes import Closing, ManualClock
@@ -192,3 +194,120 @@ def test_read_text_keeps_undecodable_bytes_for_syscalls(tmp_path: Path) -> None:
     text = read_text(tmp_path / "mountinfo")
 
     assert text.encode("utf-8", "surrogateescape") == raw
+
+
+class _InlineProbe(BlockingProbe):
+    """An inline probe whose reading takes ``took`` seconds of the injected clock."""
+
+    inline = True
+
+    def __init__(self, clock: ManualClock, *, timeout: float = 5.0) -> None:
+        super().__init__(name="load", interval=1.0, timeout=timeout, clock=clock)
+        self.clock = clock
+        self.took = 0.0
+        self.threads: list[str] = []
+
+    def collect(self) -> list[Sample]:
+        self.threads.append(threading.current_thread().name)
+        self.clock.advance(self.took)
+        return [Sample.of("nodemedic_load1", 0.5)]
+
+
+@pytest.mark.asyncio
+async def test_an_inline_probe_reads_on_the_event_loop_without_a_thread(
+    closing: Closing,
+) -> None:
+    probe = closing(_InlineProbe(ManualClock()))
+
+    samples = await probe.sample()
+    await probe.sample()
+
+    assert samples == [Sample.of("nodemedic_load1", 0.5)]
+    assert probe.threads == [threading.current_thread().name] * 2
+    assert probe.runs_inline
+    assert not _probe_threads("load")
+
+
+def test_only_probes_reading_kernel_generated_counters_run_inline(tmp_path: Path) -> None:
+    probes = {probe.name: probe for probe in build_probes(ProbesConfig(), proc=tmp_path)}
+    try:
+        inline = {name for name, probe in probes.items() if getattr(probe, "runs_inline", False)}
+    finally:
+        for probe in probes.values():
+            probe.close()
+
+    # filesystem (statvfs), network (device sysfs), sensors (hwmon), processes
+    # (per-process files), gpu (NVML) and the push probes can block: they keep a thread.
+    assert inline == {"cpu", "memory", "load", "pressure", "diskio", "fds", "clock"}
+
+
+@pytest.mark.asyncio
+async def test_a_slow_inline_probe_moves_to_its_thread_and_warns_once(
+    caplog: pytest.LogCaptureFixture, closing: Closing
+) -> None:
+    probe = closing(_InlineProbe(ManualClock()))
+    probe.took = INLINE_LIMIT * 2
+    with caplog.at_level(logging.WARNING, logger="agent.probes.base"):
+        for _ in range(INLINE_STRIKES - 1):
+            await probe.sample()
+        probe.took = 0.0
+        await probe.sample()  # a fast run in between: one slow run alone is a busy host
+        probe.took = INLINE_LIMIT * 2
+        for _ in range(INLINE_STRIKES - 1):
+            await probe.sample()
+        assert probe.runs_inline, "moved before enough slow runs in a row"
+
+        await probe.sample()
+        await probe.sample()
+        await probe.sample()
+
+    loop_thread = threading.current_thread().name
+    assert not probe.runs_inline
+    assert probe.threads[: 2 * INLINE_STRIKES] == [loop_thread] * (2 * INLINE_STRIKES)
+    assert probe.threads[-2:] == [probe.threads[-1]] * 2
+    assert probe.threads[-1].startswith("probe-load_")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"probe load: {INLINE_STRIKES} readings in a row on the event loop took over 10 ms "
+        "(the last 20.0 ms); reading it in its worker thread from now on"
+    ]
+
+
+@pytest.mark.asyncio
+async def test_an_inline_run_over_the_timeout_moves_the_probe_at_once(
+    caplog: pytest.LogCaptureFixture, closing: Closing
+) -> None:
+    probe = closing(_InlineProbe(ManualClock(), timeout=0.5))
+    probe.took = 0.75
+
+    with caplog.at_level(logging.WARNING, logger="agent.probes.base"):
+        samples = await probe.sample()
+
+    assert samples == [Sample.of("nodemedic_load1", 0.5)], "the reading itself is kept"
+    assert not probe.runs_inline
+    assert "probe load: 1 readings in a row" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_an_inline_probes_failure_becomes_a_probe_error(
+    tmp_path: Path, closing: Closing
+) -> None:
+    clock = ManualClock()
+    probe = closing(CpuProbe(proc=tmp_path, clock=clock))
+    assert probe.runs_inline
+
+    with pytest.raises(ProbeError, match=r"^probe cpu: cannot read .*/stat: No such file"):
+        await probe.sample()
+
+    assert probe.runs_inline, "a fast failure is no reason to leave the loop"
+
+
+@pytest.mark.parametrize(
+    ("now", "interval", "beat"),
+    [(10.0, 1.0, 11.0), (10.99, 1.0, 11.0), (10.01, 1.0, 11.0), (7.0, 5.0, 10.0)],
+)
+def test_next_beat_is_the_next_multiple_of_the_interval_at_most_one_away(
+    now: float, interval: float, beat: float
+) -> None:
+    assert next_beat(now, interval) == pytest.approx(beat)
+    assert now < next_beat(now, interval) <= now + interval

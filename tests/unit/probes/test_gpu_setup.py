@@ -102,6 +102,7 @@ async def test_no_gpu_and_no_driver_disables_the_probe_once_and_for_good(
     assert _gpu_log(caplog) == [
         (logging.INFO, f"probe gpu: disabled: no NVIDIA GPU or driver on this host (NVML: {shown})")
     ]
+    assert probe.runs_inline, "a disabled probe reads nothing: no thread hand-off per run"
 
 
 @pytest.mark.asyncio
