@@ -145,6 +145,8 @@ class ProcessesProbe(BlockingProbe):
             )
             for group in groups
         ]
+        # With no group a run reads nothing: no thread to hand it to.
+        self._inline = not self._groups
         self._previous_ticks: dict[_Key, int] = {}
         self._previous_fds: dict[_Key, tuple[int, int | None, float]] = {}
         self._previous_uptime: float | None = None

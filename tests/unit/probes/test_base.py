@@ -238,7 +238,16 @@ def test_only_probes_reading_kernel_generated_counters_run_inline(tmp_path: Path
 
     # filesystem (statvfs), network (device sysfs), sensors (hwmon), processes
     # (per-process files), gpu (NVML) and the push probes can block: they keep a thread.
-    assert inline == {"cpu", "memory", "load", "pressure", "diskio", "fds", "clock"}
+    # The processes probe without a group reads nothing, so it runs inline too.
+    assert inline == {"cpu", "memory", "load", "pressure", "diskio", "fds", "clock", "processes"}
+    grouped = ProbesConfig.model_validate(
+        {"processes": {"groups": [{"name": "sshd", "comm": "sshd"}]}}
+    )
+    watching = next(p for p in build_probes(grouped, proc=tmp_path) if p.name == "processes")
+    try:
+        assert not getattr(watching, "runs_inline", True), "reading processes needs its thread"
+    finally:
+        watching.close()
 
 
 @pytest.mark.asyncio
