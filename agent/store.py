@@ -541,7 +541,7 @@ class Store:
         except sqlite3.Error as err:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            logger.error("store %s: lost %d events whose commit failed", self._path, pending)
+            self._lost(pending)
             raise store_error("commit events to", self._path, err) from err
         self._committed(events=True)
 
@@ -550,6 +550,12 @@ class Store:
         if self._group_timer is not None:
             self._group_timer.cancel()
             self._group_timer = None
+
+    def _lost(self, events: int) -> None:
+        """A group was rolled back: say so, and recount the outbox it had added to."""
+        logger.error("store %s: lost %d appended events whose commit failed", self._path, events)
+        with suppress(sqlite3.Error):
+            self._outbox = OutboxTally(self._connection(), self._outbox_limits)
 
     def _commit_due(self) -> None:
         self._group_timer = None
@@ -623,7 +629,7 @@ class Store:
                 with suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
             if self._pending:
-                logger.error("store %s: lost %d uncommitted events", self._path, self._pending)
+                self._lost(self._pending)
             self._end_group()
             if isinstance(err, sqlite3.Error):
                 raise store_error(action, self._path, err) from err
