@@ -543,7 +543,7 @@ class Store:
                 conn.execute("ROLLBACK")
             self._lost(pending)
             raise store_error("commit events to", self._path, err) from err
-        self._committed(events=True)
+        self._committed(events=pending)
 
     def _end_group(self) -> None:
         self._pending = 0
@@ -564,8 +564,10 @@ class Store:
         except StoreError as err:
             logger.error("%s", err)
 
-    def _committed(self, *, events: bool) -> None:
-        self._commits += 1
+    def _committed(self, *, events: int) -> None:
+        # A group counts as one commit per event: the checkpoints keep pace with the WAL
+        # as they did with one commit per event (a group writes fewer pages, not more).
+        self._commits += max(1, events)
         if self._commits >= COMMITS_PER_CHECKPOINT and self._checkpointer is not None:
             self._commits = 0
             self._checkpointer.request()
@@ -624,6 +626,7 @@ class Store:
             if group and self._defer():
                 return
             conn.execute("COMMIT")
+            events = self._pending + 1 if group else 0
         except BaseException as err:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):  # SQLite may have rolled back already
@@ -635,7 +638,7 @@ class Store:
                 raise store_error(action, self._path, err) from err
             raise
         self._end_group()
-        self._committed(events=group)
+        self._committed(events=events)
 
 
 # --- open helpers -------------------------------------------------------------------
