@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["EventIds"]
 
+import base64
 import logging
 import secrets
 from typing import Final
@@ -17,12 +18,14 @@ _TIME_BITS: Final = 48
 _RANDOM_BITS: Final = 80
 
 
+# RFC 4648 base32 digit -> Crockford digit (same 5-bit values, other letters).
+_FROM_RFC4648: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+
+
 def _encode_id(value: int) -> str:
-    chars = []
-    for _ in range(_ID_LENGTH):
-        chars.append(_CROCKFORD[value & 0x1F])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 20 bytes are 32 base32 digits; the last 26 hold the low 130 bits (the id's 128).
+    digits = base64.b32encode(value.to_bytes(20, "big"))[32 - _ID_LENGTH :]
+    return digits.translate(_FROM_RFC4648).decode("ascii")
 
 
 def _decode_id(text: str) -> int:

@@ -6,7 +6,9 @@ publishes awaiting their PUBACK, and records each acknowledged sequence; acknowl
 rows are deleted in one transaction per batch of acknowledgements rather than one per
 event (a commit costs more than the publish itself). A row leaves the outbox only after
 its PUBACK, so a crash between the PUBACK and the delete sends it again (at-least-once;
-consumers drop duplicates by ``id``).
+consumers drop duplicates by ``id``). The sender is woken by the store after each commit
+of new events (:meth:`agent.store.Store.on_commit`), so on the event loop one wake-up
+publishes a whole group commit, and it never reads an uncommitted row.
 
 Design note: this module knows neither aiomqtt nor paho. The session's client is an
 :class:`EventLink`: it hands a publish to paho without awaiting it and reports each
@@ -30,7 +32,7 @@ __all__ = ["DrainedError", "EventLink", "EventOutbox", "LinkLostError", "OutboxS
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 from agent.store_outbox import OutboxEntry
@@ -64,6 +66,10 @@ class EventOutbox(Protocol):
 
     def last_sequence(self) -> int:
         """The sequence of the newest event; 0 before the first."""
+        ...
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each commit that made new events durable."""
         ...
 
 
@@ -116,6 +122,9 @@ class OutboxSender:
         self._stopping = False
         # message id -> (sequences it carries, loop time it was handed over), oldest first
         self._inflight: dict[int, tuple[tuple[int, ...], float]] = {}
+        # Woken after the store commits new events (a group of them on the event loop),
+        # never per append: reading the outbox would commit each event on its own.
+        outbox.on_commit(self.notify)
 
     def notify(self) -> None:
         """New events are in the outbox."""

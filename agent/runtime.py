@@ -511,9 +511,7 @@ class Agent:
             self._event_counts["store_failed"] += 1
             return
         self._event_counts[type_] += 1
-        self._bus.publish(event)
-        if self._mqtt is not None:
-            self._mqtt.notify_events()
+        self._bus.publish(event)  # the MQTT sender hears of it from the store's commit
 
     async def _agent_samples(self) -> None:
         """Feed the agent's own series (the outbox's fullness) to the rules, periodically."""

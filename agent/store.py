@@ -6,6 +6,24 @@ thread that opened it, which in the agent is the event loop's thread
 mode with ``synchronous=NORMAL`` a commit does not fsync, so a write takes well under
 a millisecond, less than a hop to a worker thread would cost.
 
+Group commit: on a running event loop, :meth:`Store.append_event` does not commit at once.
+The event (and its outbox row, always in the same transaction) joins an open
+transaction that is committed ``commit_delay`` later (a timer on the loop, 2 ms by
+default), or at once when ``commit_limit`` events are pending, and always before anything
+else touches the database: every other write (conditions, nonces, the remediation
+journal's steps, outbox acknowledgements) and every read (the outbox sender's batches, the
+API's history, metrics) commits the pending events first, so nothing outside the store
+ever sees an uncommitted row, and the sender never publishes one (after a crash its
+sequence would be reused by a different event). The sender is woken by
+:meth:`Store.on_commit` listeners after the commit, once per group. Outside a running
+loop (CLI tools, synchronous callers) every append commits at once, as before.
+
+Durability: with ``synchronous=NORMAL`` a commit already survives only a process crash,
+not a power loss; group commit widens the crash window by up to ``commit_delay`` for
+events appended but not yet committed (they are lost, with their sequences; they were
+never published). A failed group commit (full disk) loses the events of the group and is
+logged as an error naming how many.
+
 The schema and its migrations live in :mod:`agent.migrations`; event ids come from
 :class:`agent.ids.EventIds`; the outbox's shed policy is in :mod:`agent.store_outbox`.
 """
@@ -14,11 +32,12 @@ from __future__ import annotations
 
 __all__ = ["SCHEMA_VERSION", "OutboxEntry", "OutboxLimits", "OutboxStats", "Store", "StoreStats"]
 
+import asyncio
 import logging
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +72,8 @@ from agent.store_rows import (
 logger = logging.getLogger(__name__)
 
 _BUSY_TIMEOUT_MS: Final = 5_000
+COMMIT_DELAY: Final = 0.002  # seconds an appended event may wait for its group's commit
+COMMIT_LIMIT: Final = 64  # pending events that commit the group at once
 
 
 # --- values -------------------------------------------------------------------------
@@ -91,6 +112,8 @@ class Store:
         conn: sqlite3.Connection,
         max_events: int,
         outbox_limits: OutboxLimits | None = None,
+        commit_delay: float = COMMIT_DELAY,
+        commit_limit: int = COMMIT_LIMIT,
     ) -> None:
         """Wrap an open connection; use :meth:`open` instead."""
         self._path = path
@@ -102,12 +125,23 @@ class Store:
         self._schema_version = 0
         self._checkpointer: Checkpointer | None = None
         self._commits = 0
+        self._commit_delay = commit_delay
+        self._commit_limit = commit_limit
+        self._pending = 0  # appended events in the open (uncommitted) group
+        self._group_timer: asyncio.TimerHandle | None = None
+        self._listeners: list[Callable[[], None]] = []
 
     # lifecycle
 
     @classmethod
     def open(
-        cls, path: Path, *, max_events: int = 10_000, outbox_limits: OutboxLimits | None = None
+        cls,
+        path: Path,
+        *,
+        max_events: int = 10_000,
+        outbox_limits: OutboxLimits | None = None,
+        commit_delay: float = COMMIT_DELAY,
+        commit_limit: int = COMMIT_LIMIT,
     ) -> Store:
         """Open (creating and migrating as needed) the database at ``path``.
 
@@ -115,14 +149,23 @@ class Store:
             path: the database file; its directory is created with mode 0700 if missing.
             max_events: how many events the history keeps; older ones are trimmed.
             outbox_limits: the MQTT outbox's bounds (defaults: 100,000 events, 64 MiB).
+            commit_delay: seconds an event appended on a running loop may wait for its
+                group's commit (see the module docstring); 0 commits every append at once.
+            commit_limit: pending events that commit their group at once.
 
         Raises:
-            ValueError: if ``max_events`` is less than 1.
+            ValueError: if ``max_events`` or ``commit_limit`` is less than 1, or
+                ``commit_delay`` is negative.
             StoreError: if the file cannot be created or opened, is damaged, fails
                 ``PRAGMA quick_check``, or has a schema newer than this code knows.
         """
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, got {max_events}")
+        if commit_limit < 1 or not commit_delay >= 0:
+            raise ValueError(
+                f"commit_limit must be at least 1 and commit_delay not negative,"
+                f" got {commit_limit} and {commit_delay!r}"
+            )
         _prepare_file(path)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each method is
@@ -130,7 +173,14 @@ class Store:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
         except sqlite3.Error as err:
             raise store_error("open the store", path, err) from err
-        store = cls(path=path, conn=conn, max_events=max_events, outbox_limits=outbox_limits)
+        store = cls(
+            path=path,
+            conn=conn,
+            max_events=max_events,
+            outbox_limits=outbox_limits,
+            commit_delay=commit_delay,
+            commit_limit=commit_limit,
+        )
         try:
             store._start()
         except BaseException:
@@ -160,10 +210,14 @@ class Store:
         )
 
     def close(self) -> None:
-        """Close the connection; idempotent. Later calls raise StoreError."""
-        conn, self._conn = self._conn, None
-        if conn is None:
+        """Commit pending events, close the connection; idempotent. Later calls raise StoreError."""
+        if self._conn is None:
             return
+        try:
+            self.commit()
+        except StoreError as err:
+            logger.error("%s", err)
+        conn, self._conn = self._conn, None
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             checkpointer.close()  # first: closing the last connection checkpoints the WAL
@@ -214,7 +268,9 @@ class Store:
         In one transaction: take the next sequence, insert the event, trim the history
         to ``max_events`` and, with ``outbox``, queue its CloudEvent in the outbox
         (shedding if that overflows it), so an event is never recorded without being
-        queued. Non-finite floats in ``data`` are stored (and returned) as None.
+        queued. Non-finite floats in ``data`` are stored (and returned) as None. On a
+        running event loop the commit may be deferred by up to ``commit_delay`` (see the
+        module docstring); :meth:`on_commit` listeners hear of it after the commit.
 
         Args:
             source: ``nodemedic://<node>``.
@@ -239,7 +295,7 @@ class Store:
         event_id = self._ids.next(math.floor(time * 1000))
         tally = self._require_outbox()
         delta = (0, 0, 0)
-        with self._transaction("append an event to") as conn:
+        with self._transaction("append an event to", group=True) as conn:
             (last,) = conn.execute(
                 "UPDATE meta SET value = value + 1 WHERE key = ? RETURNING value",
                 (LAST_SEQUENCE_KEY,),
@@ -325,6 +381,7 @@ class Store:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        self.commit()  # the sender must never publish an uncommitted row
         try:
             return batch(self._connection(), after=after, limit=limit)
         except sqlite3.Error as err:
@@ -356,6 +413,7 @@ class Store:
         Raises:
             StoreError: if the database cannot be read.
         """
+        self.commit()
         try:
             return self._require_outbox().stats(self._connection())
         except sqlite3.Error as err:
@@ -457,6 +515,79 @@ class Store:
             ).rowcount
         return inserted == 1
 
+    # group commit
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every commit that made appended events durable.
+
+        The MQTT sender wakes on it, so one wake-up publishes a whole committed group.
+        A listener must not raise.
+        """
+        self._listeners.append(listener)
+
+    def commit(self) -> None:
+        """Commit the pending group of appended events now; a no-op when there is none.
+
+        Raises:
+            StoreError: if the commit fails; the group's events are then lost (logged).
+        """
+        if not self._pending:
+            return
+        conn = self._connection()
+        pending = self._pending
+        self._end_group()
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._lost(pending)
+            raise store_error("commit events to", self._path, err) from err
+        self._committed(events=pending)
+
+    def _end_group(self) -> None:
+        self._pending = 0
+        if self._group_timer is not None:
+            self._group_timer.cancel()
+            self._group_timer = None
+
+    def _lost(self, events: int) -> None:
+        """A group was rolled back: say so, and recount the outbox it had added to."""
+        logger.error("store %s: lost %d appended events whose commit failed", self._path, events)
+        with suppress(sqlite3.Error):
+            self._outbox = OutboxTally(self._connection(), self._outbox_limits)
+
+    def _commit_due(self) -> None:
+        self._group_timer = None
+        try:
+            self.commit()
+        except StoreError as err:
+            logger.error("%s", err)
+
+    def _committed(self, *, events: int) -> None:
+        # A group counts as one commit per event: the checkpoints keep pace with the WAL
+        # as they did with one commit per event (a group writes fewer pages, not more).
+        self._commits += max(1, events)
+        if self._commits >= COMMITS_PER_CHECKPOINT and self._checkpointer is not None:
+            self._commits = 0
+            self._checkpointer.request()
+        if events:
+            for listener in self._listeners:
+                listener()
+
+    def _defer(self) -> bool:
+        """Whether the append just made may wait for its group's commit (and arm the timer)."""
+        if self._commit_delay <= 0 or self._pending + 1 >= self._commit_limit:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._pending += 1
+        if self._group_timer is None:
+            self._group_timer = loop.call_later(self._commit_delay, self._commit_due)
+        return True
+
     # plumbing
 
     def _connection(self) -> sqlite3.Connection:
@@ -471,6 +602,7 @@ class Store:
         return self._outbox
 
     def _read(self, action: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        self.commit()  # nothing outside the store sees an uncommitted row
         conn = self._connection()
         try:
             return conn.execute(sql, params).fetchall()
@@ -478,24 +610,35 @@ class Store:
             raise store_error(action, self._path, err) from err
 
     @contextmanager
-    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite errors become StoreError."""
+    def _transaction(self, action: str, *, group: bool = False) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite errors become StoreError.
+
+        With ``group`` (an event append) the writes join the open group and the commit
+        may be deferred; any other transaction commits the pending group first.
+        """
+        if not group:
+            self.commit()
         conn = self._connection()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not self._pending:
+                conn.execute("BEGIN IMMEDIATE")
             yield conn
+            if group and self._defer():
+                return
             conn.execute("COMMIT")
-            self._commits += 1
-            if self._commits >= COMMITS_PER_CHECKPOINT and self._checkpointer is not None:
-                self._commits = 0
-                self._checkpointer.request()
+            events = self._pending + 1 if group else 0
         except BaseException as err:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
+            if self._pending:
+                self._lost(self._pending)
+            self._end_group()
             if isinstance(err, sqlite3.Error):
                 raise store_error(action, self._path, err) from err
             raise
+        self._end_group()
+        self._committed(events=events)
 
 
 # --- open helpers -------------------------------------------------------------------

@@ -199,7 +199,10 @@ class AgentPath:
         self.emitted: dict[str, float] = {}
 
     def emit(self, index: int) -> None:
-        """What ``Agent._emit`` does: record the event with ``outbox=True``, wake the publisher."""
+        """What ``Agent._emit`` does: record the event with ``outbox=True``.
+
+        The store wakes the publisher after the event's group commit (``Store.on_commit``).
+        """
         now = time.time()
         event = self.store.append_event(
             source=f"nodemedic://{self.node}",
@@ -209,7 +212,6 @@ class AgentPath:
             time=now,
             outbox=True,
         )
-        self.publisher.notify_events()
         self.emitted[str(event.sequence)] = now
 
     def depth(self) -> int:
