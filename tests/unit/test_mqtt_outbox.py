@@ -19,6 +19,7 @@ import pytest
 from agent.mqtt_outbox import DrainedError, LinkLostError, OutboxSender
 from agent.store import OutboxLimits, Store
 from agent.topics import Topics
+from tests.unit.store_events import emit
 
 TOPICS = Topics("nm/v1", "node-1")
 
@@ -39,18 +40,6 @@ class FakeLink:
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store.open(tmp_path / "nodemedic.db", outbox_limits=OutboxLimits())
-
-
-def emit(store: Store, n: int) -> None:
-    for i in range(n):
-        store.append_event(
-            source="nodemedic://node-1",
-            type="io.nodemedic.probe.failed",
-            subject="disk",
-            data={"i": i},
-            time=1_700_000_000.0 + i,
-            outbox=True,
-        )
 
 
 def sender(

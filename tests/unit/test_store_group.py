@@ -27,6 +27,7 @@ from agent.mqtt_outbox import OutboxSender
 from agent.store import Store
 from agent.topics import Topics
 from remediations.journal import Journal
+from tests.unit.store_events import emit
 
 TOPICS = Topics("nm/v1", "node-1")
 
@@ -47,18 +48,6 @@ def committed(db: Path) -> list[int]:
     """Sequences of the events committed to the file, read on a second connection."""
     with closing(sqlite3.connect(db)) as conn:
         return [row[0] for row in conn.execute("SELECT sequence FROM events ORDER BY sequence")]
-
-
-def emit(store: Store, n: int) -> None:
-    for i in range(n):
-        store.append_event(
-            source="nodemedic://node-1",
-            type="io.nodemedic.probe.failed",
-            subject="disk",
-            data={"i": i},
-            time=1_700_000_000.0 + i,
-            outbox=True,
-        )
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
