@@ -8,7 +8,15 @@ are never used. Register it per module by importing :func:`etcd_fixture`.
 
 from __future__ import annotations
 
-__all__ = ["EtcdPKI", "EtcdServer", "SlotWatch", "etcd_fixture", "etcd_get"]
+__all__ = [
+    "BUDGET",
+    "EtcdPKI",
+    "EtcdServer",
+    "SlotWatch",
+    "budget_config",
+    "etcd_fixture",
+    "etcd_get",
+]
 
 import asyncio
 import base64
@@ -33,6 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from agent.config import FleetBudgetConfig
 from tests.brokers import (
     HOST,
     _builder,
@@ -42,6 +51,7 @@ from tests.brokers import (
     _write_key,
     free_port,
 )
+from tests.fleet_holder import PREFIX
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -336,3 +346,26 @@ def etcd_fixture(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.stop()
+
+
+BUDGET = 3
+"""Disruptive runs :func:`budget_config` lets hold slots at once unless overridden."""
+
+
+def budget_config(etcd: EtcdServer, **overrides: Any) -> FleetBudgetConfig:
+    """A fleet budget of :data:`BUDGET` on ``etcd`` under the tests' prefix; ``overrides`` win.
+
+    Claims fail at once (``slot_wait`` 0) and waiters look every 20 ms unless overridden.
+    """
+    values: dict[str, Any] = {
+        "enabled": True,
+        "endpoints": (etcd.url,),
+        "prefix": PREFIX,
+        "max_disruptive": BUDGET,
+        "lease_ttl": "6s",
+        "request_timeout": "2s",
+        "slot_wait": "0s",
+        "poll_interval": "20ms",
+    }
+    values.update(overrides)
+    return FleetBudgetConfig.model_validate(values)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from agent.config import AgentSettings, FleetBudgetConfig
+from agent.config import AgentSettings
 from agent.store import Store
 from remediations.actions.base import Action, ActionContext, ActionResult
 from remediations.coordination import FleetBudget
@@ -31,7 +31,16 @@ from remediations.model import RunState
 from remediations.service import RemediationService
 from tests import remediation_actions
 from tests.conftest import REPO, AgentProcess, free_port, http_get, http_json, until
-from tests.etcd import EtcdPKI, EtcdServer, SlotWatch, b64, etcd_fixture, etcd_get
+from tests.etcd import (
+    BUDGET,
+    EtcdPKI,
+    EtcdServer,
+    SlotWatch,
+    b64,
+    budget_config,
+    etcd_fixture,
+    etcd_get,
+)
 from tests.fleet_holder import PREFIX
 from tests.integration.test_remediation_agent import ENV as AGENT_ENV
 from tests.integration.test_remediation_agent import _playbook as agent_playbook
@@ -43,7 +52,6 @@ __all__ = ["etcd_fixture"]
 
 pytestmark = pytest.mark.etcd
 
-BUDGET = 3
 ENGINES, ENGINE_RUNS = 20, 10
 SLOTS = f"{PREFIX}/slots/default/"
 ROOT_PASSWORD = "test-root-0123456789"  # noqa: S105 - the test etcd's own throwaway password
@@ -108,21 +116,6 @@ class Hold:
 ACTIONS: dict[str, type[Action]] = {**remediation_actions.ACTIONS, Hold.name: Hold}
 
 
-def _budget(etcd: EtcdServer, **overrides: Any) -> FleetBudgetConfig:
-    values: dict[str, Any] = {
-        "enabled": True,
-        "endpoints": (etcd.url,),
-        "prefix": PREFIX,
-        "max_disruptive": BUDGET,
-        "lease_ttl": "6s",
-        "request_timeout": "2s",
-        "slot_wait": "0s",
-        "poll_interval": "20ms",
-    }
-    values.update(overrides)
-    return FleetBudgetConfig.model_validate(values)
-
-
 def _hold_playbook(name: str = "hold", **overrides: Any) -> Any:
     data: dict[str, Any] = {
         "trigger": {"remote": True},
@@ -155,7 +148,7 @@ async def test_twenty_engines_sharing_a_budget_of_three_never_hold_more_than_thr
 ) -> None:
     watch = SlotWatch(etcd.url, SLOTS)
     watcher = asyncio.get_running_loop().create_task(watch.run(), name="slot-watch")
-    config = _budget(etcd, slot_wait="240s")
+    config = budget_config(etcd, slot_wait="240s")
     rigs = []
     for i in range(ENGINES):
         (tmp_path / f"engine-{i}").mkdir()
@@ -238,7 +231,8 @@ async def test_a_killed_holder_frees_its_slot_within_its_lease_ttl(etcd: EtcdSer
     ttl = 4
     holder = _spawn_holder(etcd, "doomed", ttl)
     budget = FleetBudget(
-        _budget(etcd, max_disruptive=1, lease_ttl=f"{ttl}s", request_timeout="1s"), node="next"
+        budget_config(etcd, max_disruptive=1, lease_ttl=f"{ttl}s", request_timeout="1s"),
+        node="next",
     )
     try:
         # Kept alive past its TTL, the slot is still held: the budget of one is full.
@@ -254,7 +248,7 @@ async def test_a_killed_holder_frees_its_slot_within_its_lease_ttl(etcd: EtcdSer
         holder.wait(timeout=10)
         killed = time.monotonic()
         waiting = FleetBudget(
-            _budget(
+            budget_config(
                 etcd,
                 max_disruptive=1,
                 lease_ttl=f"{ttl}s",
@@ -293,7 +287,7 @@ def _service(
             "state_dir": str(tmp_path),
             "remediation": {
                 "pause_file": str(tmp_path / "pause"),
-                "fleet_budget": _budget(etcd, request_timeout="500ms").model_dump(),
+                "fleet_budget": budget_config(etcd, request_timeout="500ms").model_dump(),
             },
         }
     )
@@ -376,7 +370,7 @@ async def test_with_etcd_down_no_disruptive_run_starts_and_the_skip_says_why(
 
 @pytest.mark.asyncio
 async def test_a_percentage_budget_follows_the_live_members(etcd: EtcdServer) -> None:
-    config = _budget(etcd, max_disruptive=None, max_disruptive_percent=25)
+    config = budget_config(etcd, max_disruptive=None, max_disruptive_percent=25)
     members = [FleetBudget(config, node=f"m{i}") for i in range(10)]
     try:
         for member in members:
@@ -436,7 +430,7 @@ async def test_slots_are_released_on_failure_and_at_shutdown(
         ],
     )
     # The second endpoint answers: the first, where nothing listens, is skipped.
-    config = _budget(etcd, endpoints=(f"http://127.0.0.1:{free_port()}", etcd.url))
+    config = budget_config(etcd, endpoints=(f"http://127.0.0.1:{free_port()}", etcd.url))
     rig = EngineRig(
         tmp_path, [failing, stuck], actions=ACTIONS, fleet=FleetBudget(config, node="n1")
     )
@@ -465,9 +459,11 @@ async def test_slots_are_released_on_failure_and_at_shutdown(
 @pytest.mark.asyncio
 async def test_with_etcd_auth_on_a_slot_needs_the_right_password(etcd: EtcdServer) -> None:
     etcd.enable_auth(ROOT_PASSWORD)
-    right = FleetBudget(_budget(etcd, username="root", password=ROOT_PASSWORD), node="a")
-    wrong = FleetBudget(_budget(etcd, username="root", password=ROOT_PASSWORD[::-1]), node="b")
-    anonymous = FleetBudget(_budget(etcd), node="c")
+    right = FleetBudget(budget_config(etcd, username="root", password=ROOT_PASSWORD), node="a")
+    wrong = FleetBudget(
+        budget_config(etcd, username="root", password=ROOT_PASSWORD[::-1]), node="b"
+    )
+    anonymous = FleetBudget(budget_config(etcd), node="c")
     try:
         granted = await right.acquire("r1")
         assert granted.slot is not None, granted.decision.reason
@@ -488,7 +484,7 @@ def test_a_real_agent_holds_its_slot_while_acting_and_gives_it_back_when_stopped
 ) -> None:
     settings = agent_settings(tmp_path, agent_playbook(tmp_path, "enforce"))
     settings["node"] = {"name": "agent-1"}
-    settings["remediation"]["fleet_budget"] = _budget(etcd, max_disruptive=1).model_dump(
+    settings["remediation"]["fleet_budget"] = budget_config(etcd, max_disruptive=1).model_dump(
         mode="json"
     )
     agent = agent_factory(settings)
@@ -520,11 +516,13 @@ async def test_over_https_a_slot_needs_the_ca_and_a_client_certificate(tmp_path:
     etcd = EtcdServer(tmp_path, pki)
     etcd.start()
     certified = FleetBudget(
-        _budget(etcd, ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key),
+        budget_config(
+            etcd, ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key
+        ),
         node="a",
     )
-    anonymous = FleetBudget(_budget(etcd, ca_file=pki.ca_cert), node="b")
-    untrusting = FleetBudget(_budget(etcd), node="c")  # the system's CAs do not know this one
+    anonymous = FleetBudget(budget_config(etcd, ca_file=pki.ca_cert), node="b")
+    untrusting = FleetBudget(budget_config(etcd), node="c")  # the system's CAs do not know this one
     try:
         granted = await certified.acquire("r1")
         assert granted.slot is not None, granted.decision.reason

@@ -17,31 +17,20 @@ import pytest
 
 from agent.config import FleetBudgetConfig
 from remediations.coordination import FleetBudget
-from tests.etcd import EtcdServer, etcd_fixture
+from tests.etcd import BUDGET, EtcdServer, budget_config, etcd_fixture
 from tests.fleet_holder import PREFIX
 
 __all__ = ["etcd_fixture"]
 
 pytestmark = pytest.mark.etcd
 
-BUDGET = 3
 WAITERS, ROUNDS = 20, 3
 QUEUE = f"{PREFIX}/queue/default/"
 
 
 def _budget(etcd: EtcdServer, **overrides: Any) -> FleetBudgetConfig:
-    values: dict[str, Any] = {
-        "enabled": True,
-        "endpoints": (etcd.url,),
-        "prefix": PREFIX,
-        "max_disruptive": BUDGET,
-        "lease_ttl": "6s",
-        "request_timeout": "2s",
-        "slot_wait": "240s",
-        "poll_interval": "2s",
-    }
-    values.update(overrides)
-    return FleetBudgetConfig.model_validate(values)
+    """Waiters that queue for minutes and look every 2 s (watches wake them sooner)."""
+    return budget_config(etcd, **({"slot_wait": "240s", "poll_interval": "2s"} | overrides))
 
 
 def _metric(etcd: EtcdServer, name: str) -> float:
