@@ -1,4 +1,4 @@
-"""MQTT: publish every event and the node's state; the only module that imports aiomqtt.
+"""MQTT: publish every event and the node's state; with :mod:`agent.mqtt_client`, aiomqtt's.
 
 :class:`MqttPublisher` keeps one connection to the first broker of ``mqtt.url`` that
 answers, failing over along the list. Each connection is a persistent session (clean
@@ -13,7 +13,10 @@ at QoS 1 with up to ``mqtt.inflight`` messages awaiting their PUBACK at once; a 
 leaves the outbox only on its PUBACK. When the link drops, the unacknowledged rows are
 sent again on the next connection (at-least-once; consumers drop duplicates by ``id``).
 The sending itself, and the optional drain batches on the ``batch`` topic
-(``mqtt.drain_batch``), are :mod:`agent.mqtt_outbox`'s.
+(``mqtt.drain_batch``), are :mod:`agent.mqtt_outbox`'s. Each session's client is
+:class:`agent.mqtt_client.SessionClient`: it writes events and command replies and reads
+their PUBACKs and the commands without paho's per-packet objects (a command's reply is
+queued at once and its PUBACK not awaited; a refusal still ends the session).
 
 Reconnects back off exponentially with jitter; a refused login or a failed TLS
 handshake is a misconfiguration, reported as such and retried at the slow

@@ -65,7 +65,9 @@ log = logging.getLogger(__name__)
 CommandHandler = Callable[["SessionClient", str, CommandPublish], None]
 """Called with the client, the topic and the message for each command PUBLISH."""
 
-_READ_SIZE: Final = 65536
+# Bytes one read takes: dozens of PUBACKs or commands a wake-up, yet a flood of commands
+# (each verified on the loop) holds the event loop for a bounded time per read.
+_READ_SIZE: Final = 16384
 _DISCONNECT: Final = 0xE0
 _SUCCESS: Final = MQTTErrorCode.MQTT_ERR_SUCCESS
 _EVENT, _REPLY = True, False  # what a fast publish's message id carries
@@ -366,8 +368,12 @@ class SessionClient(aiomqtt.Client):
 
     def command(self, topic: str, message: CommandPublish) -> None:
         """A command arrived on ``topic``."""
-        if self._commands is not None:
+        if self._commands is None:
+            return
+        try:
             self._commands(self, topic, message)
+        except Exception:  # a handler bug must not drop the link (it runs in the reader)
+            log.exception("MQTT: handling a command on %s failed", topic)
 
     def lose(self, err: Exception) -> None:
         """Writing failed: the link is broken, as aiomqtt's writer callback says."""
