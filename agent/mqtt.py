@@ -1,4 +1,4 @@
-"""MQTT: publish every event and the node's state; with :mod:`agent.mqtt_client`, aiomqtt's.
+"""MQTT: publish every event and the node's state; the only module importing aiomqtt.
 
 :class:`MqttPublisher` keeps one connection to the first broker of ``mqtt.url`` that
 answers, failing over along the list. Each connection is a persistent session (clean
@@ -14,9 +14,10 @@ leaves the outbox only on its PUBACK. When the link drops, the unacknowledged ro
 sent again on the next connection (at-least-once; consumers drop duplicates by ``id``).
 The sending itself, and the optional drain batches on the ``batch`` topic
 (``mqtt.drain_batch``), are :mod:`agent.mqtt_outbox`'s. Each session's client is
-:class:`agent.mqtt_client.SessionClient`: it writes events and command replies and reads
-their PUBACKs and the commands without paho's per-packet objects (a command's reply is
-queued at once and its PUBACK not awaited; a refusal still ends the session).
+:class:`SessionClient`, aiomqtt's with :mod:`agent.mqtt_client`'s fast paths: it writes
+events and command replies and reads their PUBACKs and the commands without paho's
+per-packet objects (a command's reply is queued at once and its PUBACK not awaited; a
+refusal still ends the session).
 
 Reconnects back off exponentially with jitter; a refused login or a failed TLS
 handshake is a misconfiguration, reported as such and retried at the slow
@@ -63,7 +64,7 @@ from agent.broker_url import BrokerUrl
 from agent.commands import MAX_COMMAND_BYTES
 from agent.config import MqttConfig
 from agent.model import Condition, MqttLinkState, MqttStatus
-from agent.mqtt_client import SessionClient
+from agent.mqtt_client import CommandHandler, SessionPaths
 from agent.mqtt_outbox import DrainedError, EventOutbox, LinkLostError, OutboxSender
 from agent.mqtt_wire import CommandPublish
 from agent.remote import CommandReply, IncomingCommand
@@ -125,6 +126,50 @@ class _PahoLog(logging.Logger):
             self.last_error = record.getMessage()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("paho: %s", record.getMessage())
+
+
+class SessionClient(SessionPaths, aiomqtt.Client):
+    """aiomqtt's client for one session, with :mod:`agent.mqtt_client`'s fast paths.
+
+    Args:
+        *args: aiomqtt's.
+        event_content_types: as :meth:`SessionPaths._speed_up` takes them.
+        event_acks: as there.
+        commands: as there.
+        command_topics: as there.
+        **kwargs: aiomqtt's.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        event_content_types: tuple[str, str],
+        event_acks: Callable[[int], object],
+        commands: CommandHandler | None = None,
+        command_topics: frozenset[str] = frozenset(),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._speed_up(
+            event_content_types=event_content_types,
+            event_acks=event_acks,
+            commands=commands,
+            command_topics=command_topics,
+        )
+
+    def _on_publish(
+        self,
+        client: Any,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        # paho's path (status, conditions): aiomqtt takes every PUBACK as success.
+        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
+            self.refuse(reason_code)
+            return
+        super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
 class MqttPublisher:
@@ -470,7 +515,7 @@ class MqttPublisher:
             ),
         )
 
-    def _on_command(self, client: SessionClient, topic: str, message: CommandPublish) -> None:
+    def _on_command(self, client: SessionPaths, topic: str, message: CommandPublish) -> None:
         if self._commands is None:
             return
         response_topic = message.response_topic

@@ -4,7 +4,8 @@ Per event and per fleet command, paho-mqtt's pure-Python packet handling was mos
 the agent's MQTT CPU: three ``recv`` calls per packet read, a ``Properties`` and a
 ``ReasonCode`` object per PUBACK, a ``Properties``, an ``MQTTMessage`` and a condition
 variable per PUBLISH, one ``send`` per packet and a writer registered and removed with
-the event loop for each burst. :class:`SessionClient` keeps aiomqtt's lifecycle and
+the event loop for each burst. :class:`SessionPaths`, mixed into aiomqtt's client by
+:mod:`agent.mqtt` (its ``SessionClient``), keeps aiomqtt's lifecycle and
 paho's protocol state and changes four things:
 
 * reading: one ``recv`` takes whatever the socket holds and every complete packet in
@@ -21,28 +22,26 @@ paho's protocol state and changes four things:
 * commands go from the reader straight to the handler, not through aiomqtt's queue.
 
 A PUBACK with a failure reason code (MQTT 5: the broker's ACL refused the publish)
-leaves the publish unconfirmed and sets :attr:`SessionClient.refused`, for fast and
+leaves the publish unconfirmed and sets :attr:`SessionPaths.refused`, for fast and
 paho publishes alike. The overridden paho methods are those of paho-mqtt 2.2
 (pyproject pins it); ``tests/unit/test_mqtt_wire.py`` fails if they change.
 """
 
 from __future__ import annotations
 
-__all__ = ["CommandHandler", "SessionClient"]
+__all__ = ["CommandHandler", "SessionPaths"]
 
 import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Final, cast
 
-import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.mqtt_outbox import LinkLostError
@@ -62,7 +61,7 @@ from agent.mqtt_wire import (
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[["SessionClient", str, CommandPublish], None]
+CommandHandler = Callable[["SessionPaths", str, CommandPublish], None]
 """Called with the client, the topic and the message for each command PUBLISH."""
 
 # Bytes one read takes: dozens of PUBACKs or commands a wake-up, yet a flood of commands
@@ -80,7 +79,7 @@ class _PahoSession(paho.Client):
     itself and offers no factory, so the instance's class is switched after).
     """
 
-    _owner: SessionClient
+    _owner: SessionPaths
     _rx: bytearray
     _rx_sock: object
     _fast_mids: dict[int, bool]
@@ -91,7 +90,7 @@ class _PahoSession(paho.Client):
     _session_loop: asyncio.AbstractEventLoop
     _v5: bool
 
-    def _speed_up(self, owner: SessionClient, command_topics: frozenset[str]) -> None:
+    def _speed_up(self, owner: SessionPaths, command_topics: frozenset[str]) -> None:
         self._owner = owner
         self._rx = bytearray()
         self._rx_sock = None
@@ -292,29 +291,33 @@ class _PahoSession(paho.Client):
         return _SUCCESS
 
 
-class SessionClient(aiomqtt.Client):
-    """aiomqtt's client for one session, with the fast paths of the module docstring.
+class SessionPaths:
+    """The fast paths of one session, mixed into aiomqtt's client by :mod:`agent.mqtt`.
 
-    Args:
-        *args: aiomqtt's.
-        event_content_types: the Content Type of a single event and of a drain batch
-            (MQTT 5 only).
-        event_acks: called with the message id of each event's successful PUBACK.
-        commands: called for each PUBLISH on ``command_topics``, on the event loop.
-        command_topics: the exact topics commands arrive on (the subscriptions).
-        **kwargs: aiomqtt's.
+    :mod:`agent.mqtt` stays the only importer of aiomqtt: its ``SessionClient`` is
+    ``SessionPaths`` plus ``aiomqtt.Client`` and calls :meth:`_speed_up` once built.
     """
 
-    def __init__(
+    _client: paho.Client
+    _disconnected: asyncio.Future[None]
+
+    def _speed_up(
         self,
-        *args: Any,
+        *,
         event_content_types: tuple[str, str],
         event_acks: Callable[[int], object],
-        commands: CommandHandler | None = None,
-        command_topics: frozenset[str] = frozenset(),
-        **kwargs: Any,
+        commands: CommandHandler | None,
+        command_topics: frozenset[str],
     ) -> None:
-        super().__init__(*args, **kwargs)
+        """Switch the session's paho client to the fast paths.
+
+        Args:
+            event_content_types: the Content Type of a single event and of a drain batch
+                (MQTT 5 only).
+            event_acks: called with the message id of each event's successful PUBACK.
+            commands: called for each PUBLISH on ``command_topics``, on the event loop.
+            command_topics: the exact topics commands arrive on (the subscriptions).
+        """
         self.refused = asyncio.Event()
         self.refusal: str | None = None
         self._event_acks = event_acks
@@ -379,17 +382,3 @@ class SessionClient(aiomqtt.Client):
         """Writing failed: the link is broken, as aiomqtt's writer callback says."""
         if not self._disconnected.done():
             self._disconnected.set_exception(err)
-
-    def _on_publish(
-        self,
-        client: Any,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        # paho's path (status, conditions): aiomqtt takes every PUBACK as success.
-        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
-            self.refuse(reason_code)
-            return
-        super()._on_publish(client, userdata, mid, reason_code, properties)

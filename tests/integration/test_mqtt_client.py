@@ -1,6 +1,6 @@
 """The session client's fast paths against a real Mosquitto: same packets, same outcomes.
 
-:class:`agent.mqtt_client.SessionClient` reads PUBACKs and command PUBLISHes with
+:class:`agent.mqtt.SessionClient` reads PUBACKs and command PUBLISHes with
 :mod:`agent.mqtt_wire` and writes events and replies itself. Every packet Mosquitto sends
 it here is captured and read again by paho's own decoder: where the fast path answered,
 the answers must agree (the check that fails if paho's internals or Mosquitto's packets
@@ -25,7 +25,8 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt_client import SessionClient, _PahoSession
+from agent.mqtt import SessionClient
+from agent.mqtt_client import SessionPaths, _PahoSession
 from agent.mqtt_wire import CommandPublish, decode_command, puback_reason
 from tests.brokers import (  # noqa: F401
     BrokerFactory,
@@ -48,7 +49,7 @@ class Node:
         self.acked: list[int] = []
         self.commands: list[tuple[str, CommandPublish]] = []
 
-    def command(self, client: SessionClient, topic: str, message: CommandPublish) -> None:
+    def command(self, client: SessionPaths, topic: str, message: CommandPublish) -> None:
         self.commands.append((topic, message))
         if message.response_topic:
             client.publish_reply(message.response_topic, b'{"ok":true}', message.correlation_data)
