@@ -10,11 +10,12 @@ Group commit: on a running event loop, :meth:`Store.append_event` does not commi
 The event (and its outbox row, always in the same transaction) joins an open
 transaction that is committed ``commit_delay`` later (a timer on the loop, 2 ms by
 default), or at once when ``commit_limit`` events are pending, and always before anything
-else touches the database: every other write (conditions, nonces, the remediation
-journal's steps, outbox acknowledgements) and every read (the outbox sender's batches, the
-API's history, metrics) commits the pending events first, so nothing outside the store
-ever sees an uncommitted row, and the sender never publishes one (after a crash its
-sequence would be reused by a different event). The sender is woken by
+else touches the database: every other write (conditions, the remediation journal's
+steps, outbox acknowledgements) and every read (the outbox sender's batches, the API's
+history, metrics) commits the pending events first, so nothing outside the store ever
+sees an uncommitted row, and the sender never publishes one (after a crash its sequence
+would be reused by a different event). A remote command's nonce claim joins the group
+too (:meth:`Store.claim_nonce`); its caller commits before replying. The sender is woken by
 :meth:`Store.on_commit` listeners after the commit, once per group. Outside a running
 loop (CLI tools, synchronous callers) every append commits at once, as before.
 
