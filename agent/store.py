@@ -132,7 +132,7 @@ class Store:
         self._commits = 0
         self._commit_delay = commit_delay
         self._commit_limit = commit_limit
-        self._pending = 0  # appended events in the open (uncommitted) group
+        self._pending = 0  # appended events and nonce claims in the open (uncommitted) group
         self._group_timer: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[], None]] = []
         self._nonce_sweep_due = -math.inf  # epoch seconds of the next expired-nonce sweep
@@ -582,7 +582,11 @@ class Store:
 
     def _lost(self, events: int) -> None:
         """A group was rolled back: say so, and recount the outbox it had added to."""
-        logger.error("store %s: lost %d appended events whose commit failed", self._path, events)
+        logger.error(
+            "store %s: lost %d appended events or nonce claims whose commit failed",
+            self._path,
+            events,
+        )
         with suppress(sqlite3.Error):
             self._outbox = OutboxTally(self._connection(), self._outbox_limits)
 
