@@ -228,9 +228,13 @@ def canonical_bytes(value: Any) -> bytes:
 
 
 def _canonical_json(value: Any) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL_ENCODER.encode(value).encode("utf-8")
+
+
+# One encoder for every command: json.dumps builds a new one whenever it is given options.
+_CANONICAL_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 _SCALARS: Final = frozenset({str, int, bool, type(None)})

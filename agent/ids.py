@@ -4,7 +4,6 @@ from __future__ import annotations
 
 __all__ = ["EventIds"]
 
-import base64
 import logging
 import secrets
 from typing import Final
@@ -18,14 +17,14 @@ _TIME_BITS: Final = 48
 _RANDOM_BITS: Final = 80
 
 
-# RFC 4648 base32 digit -> Crockford digit (same 5-bit values, other letters).
-_FROM_RFC4648: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+# Two Crockford digits (10 bits) per lookup: 13 lookups make an id's 26 digits.
+_DIGIT_PAIRS: Final = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
+_PAIR_SHIFTS: Final = tuple(range(10 * (_ID_LENGTH // 2 - 1), -1, -10))
 
 
 def _encode_id(value: int) -> str:
-    # 20 bytes are 32 base32 digits; the last 26 hold the low 130 bits (the id's 128).
-    digits = base64.b32encode(value.to_bytes(20, "big"))[32 - _ID_LENGTH :]
-    return digits.translate(_FROM_RFC4648).decode("ascii")
+    pairs = _DIGIT_PAIRS
+    return "".join([pairs[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
 
 
 def _decode_id(text: str) -> int:

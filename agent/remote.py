@@ -85,7 +85,11 @@ class NonceCache(Protocol):
     """The persisted record of accepted nonces (:meth:`agent.store.Store.claim_nonce`)."""
 
     def claim_nonce(self, key_id: str, nonce: str, *, expires_at: float, now: float) -> bool:
-        """Record the nonce; False when it was already there."""
+        """Record the nonce; False when it was already there. Durable after :meth:`commit`."""
+        ...
+
+    def commit(self) -> None:
+        """Make the claims (and events) recorded so far durable; raises StoreError."""
         ...
 
 
@@ -272,7 +276,16 @@ class RemoteCommands:
             # Without the nonce cache a replay cannot be told apart: refuse.
             log.error("cannot check a command's nonce: %s", err)
             return self._refused("store_unavailable", str(err), incoming, None)
-        return self.carry_out(ControlRequest.of(command), incoming)
+        request = ControlRequest.of(command)
+        reply = self.carry_out(request, incoming)
+        try:
+            # The claim and the outcome event commit together, before the reply can
+            # tell anyone the command was taken: a crash first loses every trace of it.
+            self._nonces.commit()
+        except StoreError as err:
+            log.error("cannot record a command's nonce: %s", err)
+            return self._refused("store_unavailable", str(err), incoming, request)
+        return reply
 
     def _claim(self, command: Command, now: float) -> None:
         if not self._nonces.claim_nonce(

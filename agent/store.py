@@ -10,11 +10,12 @@ Group commit: on a running event loop, :meth:`Store.append_event` does not commi
 The event (and its outbox row, always in the same transaction) joins an open
 transaction that is committed ``commit_delay`` later (a timer on the loop, 2 ms by
 default), or at once when ``commit_limit`` events are pending, and always before anything
-else touches the database: every other write (conditions, nonces, the remediation
-journal's steps, outbox acknowledgements) and every read (the outbox sender's batches, the
-API's history, metrics) commits the pending events first, so nothing outside the store
-ever sees an uncommitted row, and the sender never publishes one (after a crash its
-sequence would be reused by a different event). The sender is woken by
+else touches the database: every other write (conditions, the remediation journal's
+steps, outbox acknowledgements) and every read (the outbox sender's batches, the API's
+history, metrics) commits the pending events first, so nothing outside the store ever
+sees an uncommitted row, and the sender never publishes one (after a crash its sequence
+would be reused by a different event). A remote command's nonce claim joins the group
+too (:meth:`Store.claim_nonce`); its caller commits before replying. The sender is woken by
 :meth:`Store.on_commit` listeners after the commit, once per group. Outside a running
 loop (CLI tools, synchronous callers) every append commits at once, as before.
 
@@ -74,6 +75,10 @@ logger = logging.getLogger(__name__)
 _BUSY_TIMEOUT_MS: Final = 5_000
 COMMIT_DELAY: Final = 0.002  # seconds an appended event may wait for its group's commit
 COMMIT_LIMIT: Final = 64  # pending events that commit the group at once
+TRIM_EVERY: Final = 64
+"""The history is trimmed on every TRIM_EVERY-th sequence, so the table holds at most
+``max_events + TRIM_EVERY - 1`` rows; reads show only the newest ``max_events``."""
+NONCE_SWEEP_EVERY: Final = 60.0  # seconds between deletions of expired command nonces
 
 
 # --- values -------------------------------------------------------------------------
@@ -127,9 +132,10 @@ class Store:
         self._commits = 0
         self._commit_delay = commit_delay
         self._commit_limit = commit_limit
-        self._pending = 0  # appended events in the open (uncommitted) group
+        self._pending = 0  # appended events and nonce claims in the open (uncommitted) group
         self._group_timer: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._nonce_sweep_due = -math.inf  # epoch seconds of the next expired-nonce sweep
 
     # lifecycle
 
@@ -266,7 +272,8 @@ class Store:
         """Persist a new event and return it with its id and sequence.
 
         In one transaction: take the next sequence, insert the event, trim the history
-        to ``max_events`` and, with ``outbox``, queue its CloudEvent in the outbox
+        (every :data:`TRIM_EVERY` sequences; reads never show more than ``max_events``)
+        and, with ``outbox``, queue its CloudEvent in the outbox
         (shedding if that overflows it), so an event is never recorded without being
         queued. Non-finite floats in ``data`` are stored (and returned) as None. On a
         running event loop the commit may be deferred by up to ``commit_delay`` (see the
@@ -305,8 +312,13 @@ class Store:
                 f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  (constant columns)
                 (sequence, event_id, source, type, subject, time, text),
             )
-            # Sequences in the table are contiguous, so this drops exactly the overflow.
-            conn.execute("DELETE FROM events WHERE sequence <= ?", (sequence - self._max_events,))
+            if sequence % TRIM_EVERY == 0:
+                # Sequences in the table are contiguous, so this drops exactly the overflow.
+                # Once per TRIM_EVERY appends: one DELETE of many rows costs about what
+                # one of a single row does.
+                conn.execute(
+                    "DELETE FROM events WHERE sequence <= ?", (sequence - self._max_events,)
+                )
             event = Event(
                 id=event_id,
                 source=source,
@@ -346,6 +358,8 @@ class Store:
         if limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
         where, params = type_filter(type)
+        where.append(_KEPT)  # rows past max_events that wait for their trim
+        params += [LAST_SEQUENCE_KEY, self._max_events]
         if since is not None:
             where.append("sequence > ?")
             params.append(since)
@@ -486,7 +500,11 @@ class Store:
         Raises:
             StoreError: if the database cannot be read.
         """
-        (count,) = self._read("count events in", "SELECT COUNT(*) FROM events", ())[0]
+        (count,) = self._read(
+            "count events in",
+            f"SELECT COUNT(*) FROM events WHERE {_KEPT}",  # noqa: S608  (a constant fragment)
+            (LAST_SEQUENCE_KEY, self._max_events),
+        )[0]
         (pages,) = self._read("size", "PRAGMA page_count", ())[0]
         (page_size,) = self._read("size", "PRAGMA page_size", ())[0]
         return StoreStats(
@@ -500,15 +518,26 @@ class Store:
     def claim_nonce(self, key_id: str, nonce: str, *, expires_at: float, now: float) -> bool:
         """Record a command's nonce; False when it was seen before (a replay).
 
-        Nonces of commands that have expired are forgotten in the same transaction: the
-        expiry check rejects those commands on its own, so the cache stays bounded by
-        what can still be valid.
+        The claim joins the open group of appended events like an append does (see the
+        module docstring), so a command's claim and its outcome event commit together.
+        The caller must :meth:`commit` before anything reveals that the command was
+        accepted (its reply): a crash before that commit then loses the claim together
+        with every trace of the command, and a replay after the restart is its first
+        delivery. Anything the command does through the store commits the claim first,
+        as every other write does.
+
+        Nonces of commands that have expired are forgotten, at most every
+        :data:`NONCE_SWEEP_EVERY` seconds: the expiry check rejects those commands on
+        its own, so the cache stays bounded by what can still be valid.
 
         Raises:
             StoreError: when the database cannot be written.
         """
-        with self._transaction("record a command nonce") as conn:
-            conn.execute("DELETE FROM command_nonces WHERE expires_at < ?", (now,))
+        with self._transaction("record a command nonce", group=True) as conn:
+            due = self._nonce_sweep_due
+            if not due - NONCE_SWEEP_EVERY <= now < due:  # due, or the clock stepped back
+                conn.execute("DELETE FROM command_nonces WHERE expires_at < ?", (now,))
+                self._nonce_sweep_due = now + NONCE_SWEEP_EVERY
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO command_nonces (key_id, nonce, expires_at) VALUES (?, ?, ?)",
                 (key_id, nonce, expires_at),
@@ -553,7 +582,11 @@ class Store:
 
     def _lost(self, events: int) -> None:
         """A group was rolled back: say so, and recount the outbox it had added to."""
-        logger.error("store %s: lost %d appended events whose commit failed", self._path, events)
+        logger.error(
+            "store %s: lost %d appended events or nonce claims whose commit failed",
+            self._path,
+            events,
+        )
         with suppress(sqlite3.Error):
             self._outbox = OutboxTally(self._connection(), self._outbox_limits)
 
@@ -639,6 +672,11 @@ class Store:
             raise
         self._end_group()
         self._committed(events=events)
+
+
+_KEPT: Final = "sequence > (SELECT value FROM meta WHERE key = ?) - ?"
+"""The rows of the history proper: the newest ``max_events`` sequences (bind the
+sequence's key and ``max_events``)."""
 
 
 # --- open helpers -------------------------------------------------------------------

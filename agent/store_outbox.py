@@ -31,6 +31,7 @@ from agent.migrations import OUTBOX_SHED_KEY
 from agent.model import Severity
 
 _MAX_BOUND_PARAMETERS: Final = 500  # well under SQLite's 32766 default
+_INFO_RANK: Final = Severity.INFO.rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +96,11 @@ class OutboxStats:
 
 def severity_rank(data: Mapping[str, Any]) -> int:
     """The shed rank of an event: its ``data["severity"]`` (conditions), else info."""
+    severity = data.get("severity")
+    if severity is None:
+        return _INFO_RANK
     try:
-        return Severity(data.get("severity", Severity.INFO)).rank
+        return Severity(severity).rank
     except ValueError:
         return Severity.INFO.rank
 

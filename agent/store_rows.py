@@ -32,19 +32,32 @@ CONDITION_COLUMNS: Final = (
 
 
 def json_safe(value: Any) -> Any:
-    """A copy of ``value`` with NaN and infinities replaced by None (JSON has no such numbers)."""
+    """A copy of ``value`` with NaN and infinities replaced by None (JSON has no such numbers).
+
+    Mappings become dicts and tuples lists, as JSON would return them.
+    """
+    # Scalars by exact type first (most of any event's data): ``isinstance(x, Mapping)``
+    # goes through the ABC machinery and cost a microsecond for every string.
+    kind = type(value)
+    if kind in _JSON_SCALARS:
+        return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
+    if kind is dict or (kind is not list and isinstance(value, Mapping)):
         return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value
 
 
+_JSON_SCALARS: Final = frozenset({str, int, bool, type(None)})
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON for a column; raises ValueError on NaN or infinities."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    # One encoder for every call: json.dumps builds a new one whenever it is given options.
+    return _ENCODER.encode(value)
 
 
 # --- row mapping --------------------------------------------------------------------

@@ -56,11 +56,19 @@ class StepAttempt:
 
 
 class Journal:
-    """Runs, decisions and step attempts in ``store``; use from the event loop's thread."""
+    """Runs, decisions and step attempts in ``store``; use from the event loop's thread.
+
+    The switches (:meth:`get`) and the runs' history (:meth:`history`) are read from
+    memory after their first read, and forgotten by every write to them: the gates and
+    each status reply read them for every playbook, and the agent is the journal's
+    only writer (other processes only read it).
+    """
 
     def __init__(self, store: Store, *, max_runs: int = 10_000) -> None:
         self._store = store
         self._max_runs = max_runs
+        self._switches: dict[str, str | None] = {}  # key -> its JSON, None when unset
+        self._histories: dict[tuple[str, str | None], tuple[RunRecord, ...]] = {}
         self._ids = EventIds()
         rows = store.query("read the journal of", "SELECT MAX(id) FROM runs")
         if rows and rows[0][0]:
@@ -81,6 +89,7 @@ class Journal:
     ) -> RunRecord:
         """Record a new run in state ``requested``; trims the oldest finished runs."""
         run_id = self._ids.next(int(now * 1000))
+        self._histories.clear()
         with self._store.transaction("record a run in") as conn:
             conn.execute(
                 "INSERT INTO runs (id, playbook, target, source, mode, disruptive, state, trigger,"
@@ -154,6 +163,7 @@ class Journal:
             values.append(reason)
         if would_run:
             sets.append("would_run = 1")
+        self._histories.clear()
         with self._store.transaction("update a run in") as conn:
             conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*values, run_id))  # noqa: S608  (constant fragments; values are bound)
 
@@ -199,6 +209,7 @@ class Journal:
 
     def put(self, key: str, value: Any) -> None:
         """Set a switch or marker (``pause``, ``breaker_reset:<playbook>``...)."""
+        self._switches.pop(key, None)  # first: a failed write leaves nothing stale
         with self._store.transaction("save remediation state in") as conn:
             if value is None:
                 conn.execute("DELETE FROM remediation_state WHERE key = ?", (key,))
@@ -212,22 +223,31 @@ class Journal:
 
     def get(self, key: str) -> Any:
         """A switch or marker, or None."""
-        rows = self._store.query(
-            "read remediation state from",
-            "SELECT value FROM remediation_state WHERE key = ?",
-            (key,),
-        )
-        return json.loads(rows[0][0]) if rows else None
+        if key in self._switches:
+            text = self._switches[key]
+        else:
+            rows = self._store.query(
+                "read remediation state from",
+                "SELECT value FROM remediation_state WHERE key = ?",
+                (key,),
+            )
+            text = self._switches[key] = str(rows[0][0]) if rows else None
+        return None if text is None else json.loads(text)  # a fresh value for every caller
 
     def history(self, playbook: str, target: str | None = None) -> list[RunRecord]:
         """The newest runs of ``playbook`` (on ``target`` if given), newest first."""
+        cached = self._histories.get((playbook, target))
+        if cached is not None:
+            return list(cached)
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE playbook = ?"  # noqa: S608  (constant columns)
         params: tuple[Any, ...] = (playbook,)
         if target is not None:
             sql += " AND target = ?"
             params += (target,)
         sql += " ORDER BY id DESC LIMIT ?"
-        return _records(self._store.query("read runs from", sql, (*params, _HISTORY)))
+        records = _records(self._store.query("read runs from", sql, (*params, _HISTORY)))
+        self._histories[(playbook, target)] = tuple(records)
+        return records
 
     def in_states(self, states: Iterable[RunState]) -> list[RunRecord]:
         """Every run in one of ``states``, oldest first."""

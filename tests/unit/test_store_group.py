@@ -95,10 +95,6 @@ def _conditions(store: Store) -> None:
     store.save_conditions([condition])
 
 
-def _nonce(store: Store) -> None:
-    store.claim_nonce("k1", "n1", expires_at=2e9, now=1.7e9)
-
-
 def _journal(store: Store) -> None:
     Journal(store).put("cooldown", 1)  # the same store.transaction() as a step's record
 
@@ -108,7 +104,6 @@ def _journal(store: Store) -> None:
     "touch",
     [
         _conditions,
-        _nonce,
         _journal,
         lambda s: s.outbox_ack([99]),
         lambda s: s.outbox_batch(),
@@ -116,7 +111,7 @@ def _journal(store: Store) -> None:
         lambda s: s.stats(),
         lambda s: s.query("read", "SELECT COUNT(*) FROM runs"),
     ],
-    ids=["conditions", "nonce", "journal", "ack", "outbox_batch", "events", "stats", "query"],
+    ids=["conditions", "journal", "ack", "outbox_batch", "events", "stats", "query"],
 )
 async def test_any_other_write_or_read_commits_pending_events_first(
     store: Store, db: Path, touch: Callable[[Store], object]
@@ -125,6 +120,32 @@ async def test_any_other_write_or_read_commits_pending_events_first(
     assert committed(db) == []
     touch(store)
     assert committed(db) == [1, 2, 3]
+
+
+def claimed(db: Path) -> list[str]:
+    """Nonces committed to the file, read on a second connection."""
+    with closing(sqlite3.connect(db)) as conn:
+        return [row[0] for row in conn.execute("SELECT nonce FROM command_nonces ORDER BY nonce")]
+
+
+@pytest.mark.asyncio
+async def test_a_nonce_claim_joins_the_group_and_commits_with_its_events(
+    store: Store, db: Path
+) -> None:
+    emit(store, 1)
+    assert store.claim_nonce("k1", "n1", expires_at=2e9, now=1.7e9)
+    emit(store, 1)
+    assert not store.claim_nonce("k1", "n1", expires_at=2e9, now=1.7e9), "seen in the group"
+    assert (committed(db), claimed(db)) == ([], []), "nothing durable before the commit"
+    store.commit()
+    assert (committed(db), claimed(db)) == ([1, 2], ["n1"])
+
+
+@pytest.mark.asyncio
+async def test_a_pending_claim_is_committed_by_the_timer_like_an_event(db: Path) -> None:
+    with Store.open(db, commit_delay=0.02) as store:
+        assert store.claim_nonce("k1", "n1", expires_at=2e9, now=1.7e9)
+        await until(lambda: claimed(db) == ["n1"], "the claim's commit")
 
 
 @pytest.mark.asyncio
