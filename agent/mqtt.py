@@ -1,4 +1,4 @@
-"""MQTT: publish every event and the node's state; the only module that imports aiomqtt.
+"""MQTT: publish every event and the node's state; the only module importing aiomqtt.
 
 :class:`MqttPublisher` keeps one connection to the first broker of ``mqtt.url`` that
 answers, failing over along the list. Each connection is a persistent session (clean
@@ -13,7 +13,11 @@ at QoS 1 with up to ``mqtt.inflight`` messages awaiting their PUBACK at once; a 
 leaves the outbox only on its PUBACK. When the link drops, the unacknowledged rows are
 sent again on the next connection (at-least-once; consumers drop duplicates by ``id``).
 The sending itself, and the optional drain batches on the ``batch`` topic
-(``mqtt.drain_batch``), are :mod:`agent.mqtt_outbox`'s.
+(``mqtt.drain_batch``), are :mod:`agent.mqtt_outbox`'s. Each session's client is
+:class:`SessionClient`, aiomqtt's with :mod:`agent.mqtt_client`'s fast paths: it writes
+events and command replies and reads their PUBACKs and the commands without paho's
+per-packet objects (a command's reply is queued at once and its PUBACK not awaited; a
+refusal still ends the session).
 
 Reconnects back off exponentially with jitter; a refused login or a failed TLS
 handshake is a misconfiguration, reported as such and retried at the slow
@@ -37,7 +41,6 @@ __all__ = [
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 import random
@@ -51,7 +54,7 @@ from typing import Any, Final
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, MQTT_ERR_SUCCESS, error_string
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -61,7 +64,9 @@ from agent.broker_url import BrokerUrl
 from agent.commands import MAX_COMMAND_BYTES
 from agent.config import MqttConfig
 from agent.model import Condition, MqttLinkState, MqttStatus
+from agent.mqtt_client import CommandHandler, SessionPaths
 from agent.mqtt_outbox import DrainedError, EventOutbox, LinkLostError, OutboxSender
+from agent.mqtt_wire import CommandPublish
 from agent.remote import CommandReply, IncomingCommand
 from agent.topics import Topics, format_event_line
 
@@ -92,16 +97,6 @@ measured 47 ms with it on and 8.7 ms with it off (``bench.command_cost``, the br
 _INCOMING_QUEUE: Final = 256
 
 
-def _reply_template() -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ContentType = "application/json"
-    return props
-
-
-_REPLY_PROPERTIES: Final = _reply_template()
-"""What every command reply carries besides its correlation data; copied per reply."""
-
-
 class _ConnectFailedError(Exception):
     """A connection attempt failed; ``kind`` is network, auth, tls or refused."""
 
@@ -119,70 +114,6 @@ class _RefusedError(Exception):
     """The broker answered a publish with a failure reason code (MQTT 5), e.g. its ACL."""
 
 
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, minus one gap: it treats every PUBACK as success.
-
-    An MQTT 5 broker answers a publish its ACL forbids with a PUBACK carrying "not
-    authorized"; taking that as delivered would drop the event from the outbox. Here a
-    failure reason code leaves the publish unconfirmed and sets :attr:`refused`, which
-    ends the session (see ``_watch_refusals``) so the event stays queued.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        event_props: tuple[Properties | None, Properties | None] = (None, None),
-        event_acks: Callable[[int], bool] = lambda mid: False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.refused = asyncio.Event()
-        self.refusal: str | None = None
-        self._event_props = event_props
-        self._event_acks = event_acks
-
-    def publish_event(self, topic: str, payload: bytes, *, batch: bool) -> int:
-        """Hand an event (or a drain batch) to paho at QoS 1; its PUBACK goes to ``event_acks``.
-
-        Raises:
-            LinkLostError: when paho refuses it (not connected).
-        """
-        info = self._client.publish(topic, payload, 1, False, self._event_props[batch])
-        if info.rc != MQTT_ERR_SUCCESS:
-            raise LinkLostError(f"cannot publish an event: {error_string(info.rc)}")
-        return int(info.mid)
-
-    def _on_publish(
-        self,
-        client: Any,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
-            self.refusal = str(reason_code).lower()
-            self.refused.set()
-            return
-        if not self._event_acks(mid):
-            super()._on_publish(client, userdata, mid, reason_code, properties)
-
-
-class _PackedProperties(Properties):
-    """PUBLISH properties packed once; paho would pack them again for every message."""
-
-    _packed: bytes
-
-    def __init__(self, content_type: str) -> None:
-        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        self.ContentType = content_type
-        # paho's __setattr__ takes any other name for an MQTT property.
-        object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
-
-    def pack(self) -> bytes:
-        return self._packed
-
-
 class _PahoLog(logging.Logger):
     """paho's log: remembers its last error (a TLS alert shows up only there), passes at debug."""
 
@@ -195,6 +126,50 @@ class _PahoLog(logging.Logger):
             self.last_error = record.getMessage()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("paho: %s", record.getMessage())
+
+
+class SessionClient(SessionPaths, aiomqtt.Client):
+    """aiomqtt's client for one session, with :mod:`agent.mqtt_client`'s fast paths.
+
+    Args:
+        *args: aiomqtt's.
+        event_content_types: as :meth:`SessionPaths._speed_up` takes them.
+        event_acks: as there.
+        commands: as there.
+        command_topics: as there.
+        **kwargs: aiomqtt's.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        event_content_types: tuple[str, str],
+        event_acks: Callable[[int], object],
+        commands: CommandHandler | None = None,
+        command_topics: frozenset[str] = frozenset(),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._speed_up(
+            event_content_types=event_content_types,
+            event_acks=event_acks,
+            commands=commands,
+            command_topics=command_topics,
+        )
+
+    def _on_publish(
+        self,
+        client: Any,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        # paho's path (status, conditions): aiomqtt takes every PUBACK as success.
+        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
+            self.refuse(reason_code)
+            return
+        super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
 class MqttPublisher:
@@ -231,7 +206,6 @@ class MqttPublisher:
         self._outbox = outbox
         self._conditions = conditions
         self._commands = commands
-        self._replies: set[asyncio.Task[None]] = set()
         self._topics = Topics(config.topic_prefix, node)
         self._brokers = config.brokers
         self._backoff = Backoff(
@@ -257,12 +231,6 @@ class MqttPublisher:
         self._publish_timeout = (
             2 * config.keepalive.total_seconds() + config.connect_timeout.total_seconds()
         )
-        self._event_props: tuple[Properties | None, Properties | None] = (None, None)
-        if self._v5:
-            self._event_props = (
-                _PackedProperties(_CLOUDEVENTS_JSON),
-                _PackedProperties(_CLOUDEVENTS_BATCH_JSON),
-            )
         self._sender = OutboxSender(
             outbox,
             self._topics,
@@ -407,7 +375,7 @@ class MqttPublisher:
                 raise _classify(err, paho_log.last_error, broker) from err
             raise LinkLostError(str(err)) from err
 
-    async def _client(self, broker: BrokerUrl, session: str, paho_log: _PahoLog) -> _Client:
+    async def _client(self, broker: BrokerUrl, session: str, paho_log: _PahoLog) -> SessionClient:
         config = self._config
         tls_context: ssl.SSLContext | None = None
         if broker.tls:
@@ -423,11 +391,15 @@ class MqttPublisher:
             properties.SessionExpiryInterval = int(config.session_expiry.total_seconds())
             properties.MaximumPacketSize = _MAX_INCOMING_PACKET
         password = config.password.get_secret_value() if config.password is not None else None
-        client = _Client(
+        client = SessionClient(
             broker.host,
             broker.port,
-            event_props=self._event_props,
+            event_content_types=(_CLOUDEVENTS_JSON, _CLOUDEVENTS_BATCH_JSON),
             event_acks=self._sender.acknowledged,
+            commands=self._on_command if self._commands is not None else None,
+            command_topics=frozenset(
+                (self._topics.commands, self._topics.fleet_commands, self._topics.fleet_pause)
+            ),
             identifier=self._node,
             username=config.username,
             password=password,
@@ -460,7 +432,7 @@ class MqttPublisher:
 
     # -- one session -----------------------------------------------------------------
 
-    async def _publish_state(self, client: _Client, payload: bytes) -> None:
+    async def _publish_state(self, client: SessionClient, payload: bytes) -> None:
         """Publish a retained status message, or raise _RefusedError if the broker refuses."""
         publish = asyncio.ensure_future(
             client.publish(self._topics.status, payload, qos=1, retain=True, timeout=_STATE_TIMEOUT)
@@ -476,14 +448,14 @@ class MqttPublisher:
             return
         raise self._refused_error(client, self._topics.status)
 
-    def _refused_error(self, client: _Client, topic: str) -> _RefusedError:
+    def _refused_error(self, client: SessionClient, topic: str) -> _RefusedError:
         return _RefusedError(
             f"broker {self._broker} refused a publish on {topic} ({client.refusal}); check "
             f"that its ACL lets this node publish to {self._topics.prefix}/nodes/"
             f"{self._node}/#"
         )
 
-    async def _serve(self, client: _Client) -> None:
+    async def _serve(self, client: SessionClient) -> None:
         """Publish until the link drops (LinkLostError) or a stop drained it (DrainedError)."""
         try:
             async with asyncio.TaskGroup() as group:
@@ -523,20 +495,35 @@ class MqttPublisher:
                 ", ".join(refused),
             )
 
-    def _on_message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    def _on_message(self, client: SessionClient, message: aiomqtt.Message) -> None:
+        # What paho decoded itself (a command with properties the fast path leaves to it).
         if self._commands is None:
             log.debug("MQTT: ignoring a message on %s", message.topic)
             return
         payload = message.payload
-        raw = payload if isinstance(payload, bytes) else str(payload).encode()
         props = message.properties
-        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        self._on_command(
+            client,
+            message.topic.value,
+            CommandPublish(
+                topic=message.topic.value.encode(),
+                qos=message.qos,
+                mid=message.mid,
+                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
+                response_topic=getattr(props, "ResponseTopic", None),
+                correlation_data=getattr(props, "CorrelationData", None),
+            ),
+        )
+
+    def _on_command(self, client: SessionPaths, topic: str, message: CommandPublish) -> None:
+        if self._commands is None:
+            return
+        response_topic = message.response_topic
+        correlation = message.correlation_data
         # The subscriptions are these exact topics (no wildcards), so equality is the
         # match, without aiomqtt's level-by-level wildcard matcher on every command.
-        topic = message.topic.value
         incoming = IncomingCommand(
-            payload=raw,
+            payload=message.payload,
             via=f"mqtt:{topic}",
             retained=topic == self._topics.fleet_pause,
             fleet=topic == self._topics.fleet_commands,
@@ -546,37 +533,18 @@ class MqttPublisher:
         try:
             reply = self._commands(incoming)
         except Exception:  # a handler bug must not drop the link
-            log.exception("MQTT: handling a command on %s failed", message.topic)
+            log.exception("MQTT: handling a command on %s failed", topic)
             return
         if reply is None or not response_topic:
             return
-        task = asyncio.create_task(
-            self._reply(client, response_topic, correlation, reply), name="mqtt-reply"
-        )
-        self._replies.add(task)
-        task.add_done_callback(self._replies.discard)
-
-    async def _reply(
-        self,
-        client: aiomqtt.Client,
-        topic: str,
-        correlation: bytes | None,
-        reply: CommandReply,
-    ) -> None:
-        # A copy of one template: paho builds tables of every property name per new
-        # Properties object, a large share of a reply's cost when a fleet command lands.
-        props = copy.copy(_REPLY_PROPERTIES)
-        if correlation is not None:
-            props.CorrelationData = correlation
         try:
-            await client.publish(
-                topic, reply.to_json(), qos=1, properties=props, timeout=self._publish_timeout
-            )
-        except (aiomqtt.MqttError, ValueError) as err:
+            # Queued now; its PUBACK is not awaited (a refusal still ends the session).
+            client.publish_reply(response_topic, reply.to_json(), correlation)
+        except (LinkLostError, ValueError) as err:
             # The outcome is also an event in the outbox; a lost reply loses no record.
-            log.warning("MQTT: cannot publish a command reply to %s: %s", topic, err)
+            log.warning("MQTT: cannot publish a command reply to %s: %s", response_topic, err)
 
-    async def _watch(self, client: aiomqtt.Client) -> None:
+    async def _watch(self, client: SessionClient) -> None:
         # The message iterator is how aiomqtt reports a dropped connection.
         try:
             async for message in client.messages:
@@ -585,7 +553,7 @@ class MqttPublisher:
             raise LinkLostError(str(err.__cause__ or err)) from err
         raise LinkLostError("the connection ended")
 
-    async def _watch_refusals(self, client: _Client) -> None:
+    async def _watch_refusals(self, client: SessionClient) -> None:
         await client.refused.wait()
         raise self._refused_error(client, f"{self._topics.prefix}/nodes/{self._node}/...")
 
