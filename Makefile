@@ -43,7 +43,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 run: venv
-	$(BIN)/nodemedic run --config $(CONFIG)
+	PYTHONOPTIMIZE=2 $(BIN)/nodemedic run --config $(CONFIG)
 
 lint: venv
 	$(BIN)/ruff check .

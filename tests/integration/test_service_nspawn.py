@@ -143,6 +143,23 @@ def test_dpkg_install_creates_the_user_and_enables_and_starts_the_service(
     assert agent.readyz() == 200
 
 
+def test_the_service_runs_optimized_from_byte_code_compiled_at_install(
+    agent: InstalledAgent,
+) -> None:
+    # The unit runs the agent with PYTHONOPTIMIZE=2 (2 MiB less RSS); postinst compiled
+    # that level (the service cannot write /opt) and level 0 for the command line.
+    run = agent.container.run
+    main_pid = agent.show("MainPID")["MainPID"]
+    environ = run("cat", f"/proc/{main_pid}/environ").stdout.split("\0")
+    cached = run(
+        "find", "/opt/nodemedic/lib", "-path", "*/agent/__pycache__/runtime.cpython-*.pyc"
+    ).stdout.split()
+
+    assert "PYTHONOPTIMIZE=2" in environ
+    assert sorted(Path(path).name.split(".")[2] for path in cached) == ["opt-2", "pyc"]
+    assert agent.readyz() == 200
+
+
 def test_service_is_active_only_after_the_agent_says_ready(agent: InstalledAgent) -> None:
     agent.container.run("systemctl", "restart", "--no-block", UNIT)
 
