@@ -14,8 +14,8 @@ machine does not count) and RSS are read over the same ``--seconds`` window. Eac
 is repeated ``--repeat`` times; the table shows medians, with the ratio agent/node_exporter.
 
 The agent runs as the shipped systemd unit starts it: the ``nodemedic run`` entry point,
-with the ``Environment=`` settings of systemd/nodemedic.service (none today; the agent
-tunes malloc itself). What systemd adds besides, ``NOTIFY_SOCKET`` and the journal,
+with the ``Environment=`` settings of systemd/nodemedic.service (``PYTHONOPTIMIZE=2``;
+the agent tunes malloc itself). What systemd adds besides, ``NOTIFY_SOCKET`` and the journal,
 loads systemd-python's modules (about 0.9 MB more under the unit).
 
 Prints a table and writes bench/results/agent_overhead.json. ``NODEMEDIC_BENCH_AGENT``
