@@ -222,8 +222,8 @@ class BlockingProbe(abc.ABC):
     """True only for a probe type whose :meth:`collect` reads nothing but system-wide
     counters the kernel generates in memory (``/proc/stat``, ``/proc/meminfo``,
     ``/proc/loadavg``, ``/proc/vmstat``, ``/proc/pressure/*``, ``/proc/sys/fs/file-nr``,
-    ``/proc/diskstats``, ``/proc/uptime``, ``/proc/net/dev``, ``adjtimex``): such a read
-    cannot block on I/O, so it runs on the event loop without a thread hand-off. Anything
+    ``/proc/diskstats``, ``/proc/uptime``, ``/proc/net/dev``, ``adjtimex``, an interface's
+    flags by ``SIOCGIFFLAGS``): such a read cannot block on I/O, so it runs on the event loop without a thread hand-off. Anything
     that can block stays False: ``statvfs`` (a network filesystem), hwmon sensors (i2c,
     slow drivers), a device's sysfs files, subprocesses, D-Bus, per-process files."""
 
