@@ -51,6 +51,7 @@ import psutil
 
 from agent.errors import ProbeError, ProbeTimeoutError
 from agent.model import Sample
+from agent.probes.proc_files import KernelFiles
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +224,10 @@ class BlockingProbe(abc.ABC):
     counters the kernel generates in memory (``/proc/stat``, ``/proc/meminfo``,
     ``/proc/loadavg``, ``/proc/vmstat``, ``/proc/pressure/*``, ``/proc/sys/fs/file-nr``,
     ``/proc/diskstats``, ``/proc/uptime``, ``/proc/net/dev``, ``adjtimex``, an interface's
-    flags by ``SIOCGIFFLAGS``): such a read cannot block on I/O, so it runs on the event loop without a thread hand-off. Anything
-    that can block stays False: ``statvfs`` (a network filesystem), hwmon sensors (i2c,
-    slow drivers), a device's sysfs files, subprocesses, D-Bus, per-process files."""
+    flags by ``SIOCGIFFLAGS``): such a read cannot block on I/O, so it runs on the event
+    loop without a thread hand-off. Anything that can block stays False: ``statvfs`` (a
+    network filesystem), hwmon sensors (i2c, slow drivers), a device's sysfs files,
+    subprocesses, D-Bus, per-process files."""
 
     def __init__(
         self, *, name: str, interval: float, timeout: float, clock: Clock = time.monotonic
@@ -246,11 +248,20 @@ class BlockingProbe(abc.ABC):
         self._closed = False
         self._inline = self.inline
         self._slow_runs = 0
+        self._kernel_files = KernelFiles()
 
     @property
     def runs_inline(self) -> bool:
         """Whether the next run reads on the event loop (False once one was too slow)."""
         return self._inline
+
+    def read_kernel_file(self, path: Path) -> str:
+        """Read a system-wide kernel file kept open between runs (see :class:`KernelFiles`).
+
+        Raises:
+            OSError: carrying the path, as ``open`` raises it.
+        """
+        return self._kernel_files.read(path)
 
     @abc.abstractmethod
     def collect(self) -> list[Sample]:
@@ -335,6 +346,7 @@ class BlockingProbe(abc.ABC):
         """Shut the executor down without waiting for a run in progress."""
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._kernel_files.close()
 
     def _log_abandoned_run_returned(self, _: concurrent.futures.Future[list[Sample]]) -> None:
         # Runs in the worker thread when an abandoned run finally returns: the one

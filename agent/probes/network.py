@@ -30,7 +30,6 @@ __all__ = ["NetworkProbe"]
 import errno
 import fcntl
 import logging
-import os
 import re
 import socket
 import struct
@@ -55,7 +54,6 @@ _COUNTERS = (
 _TROUBLE = (2, 10, 3, 11)
 _FIELDS = 16
 _HEADER_LINES = 2
-_CHUNK = 65536
 
 SIOCGIFFLAGS = 0x8913
 IFF_RUNNING = 0x40
@@ -100,7 +98,6 @@ class NetworkProbe(BlockingProbe):
         super().__init__(name="network", interval=interval, timeout=timeout, clock=clock)
         self._dev_path = proc / "net" / "dev"
         self._exclude = re.compile(exclude_interfaces) if exclude_interfaces else None
-        self._dev: int | None = None
         self._socket: socket.socket | None = None
         self._previous: dict[str, int] = {}
         self._previous_time = 0.0
@@ -138,10 +135,7 @@ class NetworkProbe(BlockingProbe):
         return samples
 
     def close(self) -> None:
-        """Close the held file and socket, then the worker thread."""
-        if self._dev is not None:
-            os.close(self._dev)
-            self._dev = None
+        """Close the held socket, then what the base holds."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -149,7 +143,7 @@ class NetworkProbe(BlockingProbe):
 
     def _read_counters(self) -> dict[str, list[int]]:
         """Every interface not excluded, with its ``/proc/net/dev`` fields."""
-        text = self._read_dev().decode("utf-8", "surrogateescape")
+        text = self.read_kernel_file(self._dev_path)
         interfaces: dict[str, list[int]] = {}
         for line in text.splitlines()[_HEADER_LINES:]:
             name, colon, rest = line.partition(":")
@@ -166,17 +160,6 @@ class NetworkProbe(BlockingProbe):
                 )
             interfaces[name] = counters
         return interfaces
-
-    def _read_dev(self) -> bytes:
-        if self._dev is None:
-            self._dev = os.open(self._dev_path, os.O_RDONLY | os.O_CLOEXEC)
-        # A seq_file read returns at most a page or so: read until the end.
-        parts = [os.pread(self._dev, _CHUNK, 0)]
-        offset = len(parts[0])
-        while chunk := os.pread(self._dev, _CHUNK, offset):
-            parts.append(chunk)
-            offset += len(chunk)
-        return b"".join(parts)
 
     def _interface_up(self, name: str) -> bool:
         if self._socket is None:
