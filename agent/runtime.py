@@ -383,9 +383,13 @@ class Agent:
         error: str | None = None
         samples: Sequence[Sample] = ()
         try:
-            # The probe enforces its own timeout; this one only guards against a probe bug.
-            async with asyncio.timeout(probe.timeout + 1.0):
+            if getattr(probe, "runs_inline", False):
+                # Read on the loop without ever yielding: no timer could fire during it.
                 samples = await probe.sample()
+            else:
+                # The probe enforces its own timeout; this one only guards against a bug.
+                async with asyncio.timeout(probe.timeout + 1.0):
+                    samples = await probe.sample()
         except TimeoutError:
             error = f"probe {probe.name} did not finish within {probe.timeout + 1.0:.1f}s"
         except ProbeError as err:
