@@ -405,8 +405,10 @@ class Agent:
         error = update.error
         samples = update.samples
         before = self._status[name]
-        self._status[name] = replace(
-            before,
+        # The constructor, not dataclasses.replace: this runs for every reading.
+        self._status[name] = ProbeStatus(
+            name=before.name,
+            interval=before.interval,
             last_run=started,
             duration=duration,
             error=error,

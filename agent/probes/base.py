@@ -38,6 +38,7 @@ __all__ = [
 import abc
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -327,20 +328,24 @@ class BlockingProbe(abc.ABC):
         self._started = self._clock()
         future = self._executor.submit(self.collect)
         self._running = future
-        waiter = asyncio.wrap_future(future)
+        # One loop future woken by the run's end or by the timeout, whichever comes first:
+        # leaner than asyncio.wrap_future plus asyncio.wait (this runs every interval).
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        future.add_done_callback(lambda _: _wake_threadsafe(loop, waiter))
+        timer = loop.call_later(self.timeout, _wake, waiter)
         try:
-            done, _ = await asyncio.wait((waiter,), timeout=self.timeout)
+            await waiter
         finally:
-            if not waiter.done():
-                # Cancelling the wrapper stops us waiting; it cannot stop the thread.
-                # ``self._running`` keeps tracking the thread itself.
-                waiter.cancel()
-        if not done:
+            timer.cancel()
+        if not future.done():
+            # We stop waiting; the thread cannot be stopped. ``self._running`` keeps
+            # tracking it, so no second run starts behind it.
             future.add_done_callback(self._log_abandoned_run_returned)
             raise ProbeTimeoutError(
                 f"probe {self.name}: run did not finish within {self.timeout:g}s"
             )
-        return waiter.result()
+        return future.result()
 
     def close(self) -> None:
         """Shut the executor down without waiting for a run in progress."""
@@ -382,6 +387,17 @@ class ProcfsProbe(BlockingProbe):
     ) -> None:
         super().__init__(name=self.NAME, interval=interval, timeout=timeout, clock=clock)
         self.proc = proc
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _wake_threadsafe(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> None:
+    # In the worker thread when a run ends; an abandoned run may end after the loop closed.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_wake, waiter)
 
 
 def next_beat(now: float, interval: float) -> float:
