@@ -76,21 +76,26 @@ class MemoryProbe(BlockingProbe):
         ]
 
     def _read_fields(self, path: Path, keys: tuple[str, ...], *, scale: int) -> dict[str, int]:
-        """Pick ``keys`` out of a ``name value`` (meminfo: ``name: value kB``) file, scaled."""
-        wanted = set(keys)
+        """Pick ``keys`` out of a ``name value`` (meminfo: ``name: value kB``) file, scaled.
+
+        Each key's line is found by searching for its name, not by splitting the whole
+        file: vmstat has some 190 lines and the swap counters sit in its middle.
+        """
+        text = "\n" + self.read_kernel_file(path)
         found: dict[str, int] = {}
-        for line in self.read_kernel_file(path).splitlines():
-            name, _, rest = line.partition(" ")
-            name = name.rstrip(":")
-            if name not in wanted:
+        for key in keys:
+            at = text.find(f"\n{key}:")
+            if at < 0:
+                at = text.find(f"\n{key} ")
+            if at < 0:
                 continue
-            fields = rest.split()
+            end = text.find("\n", at + 1)
+            line = text[at + 1 : end] if end >= 0 else text[at + 1 :]
+            fields = line.split()
             try:
-                found[name] = int(fields[0]) * scale
+                found[key] = int(fields[1]) * scale
             except (IndexError, ValueError):
                 raise parse_error(path, f"bad line {line!r}") from None
-            if len(found) == len(wanted):
-                break
         missing = [key for key in keys if key not in found]
         if missing:
             # MemAvailable appeared in Linux 3.14; there is no honest substitute for it.

@@ -21,6 +21,10 @@ What the two sources say, against the sysfs files this probe used to read:
   the old rule ("``up``, or ``unknown`` with carrier"). The one difference: the sysfs
   files first apply a pending link change, the ioctl does not, so a carrier change
   shows up to about a second (the kernel's link-watch delay) later.
+
+An interface removed between the two reads answers ``ENODEV`` and is left out. (With
+CAP_NET_ADMIN, which the shipped unit does not grant, the kernel first tries to load a
+module named after it; should that ever make runs slow, the probe moves to its thread.)
 """
 
 from __future__ import annotations
