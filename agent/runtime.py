@@ -405,10 +405,8 @@ class Agent:
         error = update.error
         samples = update.samples
         before = self._status[name]
-        # The constructor, not dataclasses.replace: this runs for every reading.
-        self._status[name] = ProbeStatus(
-            name=before.name,
-            interval=before.interval,
+        self._status[name] = replace(
+            before,
             last_run=started,
             duration=duration,
             error=error,
