@@ -519,6 +519,7 @@ class Agent:
 
     async def _agent_samples(self) -> None:
         """Feed the agent's own series (the outbox's fullness) to the rules, periodically."""
+        loop = asyncio.get_running_loop()
         while True:
             store = self._store
             if store is not None:
@@ -531,7 +532,9 @@ class Agent:
                     self._latest["agent"] = samples
                     now = self._clock()
                     self._apply(self._require_tracker().observe({OUTBOX_USED}, samples, now))
-            await asyncio.sleep(_AGENT_SAMPLE_PERIOD)
+            # On the probes' grid (see _next_slot), so it shares their wake-ups.
+            now_loop = loop.time()
+            await asyncio.sleep(_next_slot(now_loop, _AGENT_SAMPLE_PERIOD) - now_loop)
 
     # -- readiness, watchdog, lag ----------------------------------------------------
 
