@@ -12,7 +12,7 @@ APT_BUILD := python3-venv python3-dev libsystemd-dev pkg-config gcc
 # debootstrap: tests/nspawn.py boots a real systemd from a cached Debian rootfs. chromium: the
 # status page tests drive it headless with Playwright (never `playwright install`).
 APT_TEST := e2fsprogs mount util-linux mosquitto mosquitto-clients haproxy etcd-server \
-    etcd-client systemd systemd-container debootstrap lintian chromium chromium-driver
+    etcd-client systemd systemd-container debootstrap lintian chromium chromium-driver iproute2
 # Debian's mosquitto package (like etcd-server, haproxy and prometheus-node-exporter) starts
 # a system daemon from its postinst on a machine whose policy allows it. The tests never use
 # them (fixtures run their own on ephemeral loopback ports), so while installing anything

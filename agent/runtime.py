@@ -383,9 +383,13 @@ class Agent:
         error: str | None = None
         samples: Sequence[Sample] = ()
         try:
-            # The probe enforces its own timeout; this one only guards against a probe bug.
-            async with asyncio.timeout(probe.timeout + 1.0):
+            if getattr(probe, "runs_inline", False):
+                # Read on the loop without ever yielding: no timer could fire during it.
                 samples = await probe.sample()
+            else:
+                # The probe enforces its own timeout; this one only guards against a bug.
+                async with asyncio.timeout(probe.timeout + 1.0):
+                    samples = await probe.sample()
         except TimeoutError:
             error = f"probe {probe.name} did not finish within {probe.timeout + 1.0:.1f}s"
         except ProbeError as err:
@@ -515,6 +519,7 @@ class Agent:
 
     async def _agent_samples(self) -> None:
         """Feed the agent's own series (the outbox's fullness) to the rules, periodically."""
+        loop = asyncio.get_running_loop()
         while True:
             store = self._store
             if store is not None:
@@ -527,7 +532,9 @@ class Agent:
                     self._latest["agent"] = samples
                     now = self._clock()
                     self._apply(self._require_tracker().observe({OUTBOX_USED}, samples, now))
-            await asyncio.sleep(_AGENT_SAMPLE_PERIOD)
+            # On the probes' grid (see _next_slot), so it shares their wake-ups.
+            now_loop = loop.time()
+            await asyncio.sleep(_next_slot(now_loop, _AGENT_SAMPLE_PERIOD) - now_loop)
 
     # -- readiness, watchdog, lag ----------------------------------------------------
 

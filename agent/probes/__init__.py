@@ -98,7 +98,7 @@ def build_probes(
             proc=proc, exclude_devices=config.diskio.exclude_devices, **timing(config.diskio)
         ),
         "network": lambda: NetworkProbe(
-            sys=sys,
+            proc=proc,
             exclude_interfaces=config.network.exclude_interfaces,
             **timing(config.network),
         ),

@@ -38,6 +38,7 @@ __all__ = [
 import abc
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -51,6 +52,7 @@ import psutil
 
 from agent.errors import ProbeError, ProbeTimeoutError
 from agent.model import Sample
+from agent.probes.proc_files import KernelFiles
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +224,11 @@ class BlockingProbe(abc.ABC):
     """True only for a probe type whose :meth:`collect` reads nothing but system-wide
     counters the kernel generates in memory (``/proc/stat``, ``/proc/meminfo``,
     ``/proc/loadavg``, ``/proc/vmstat``, ``/proc/pressure/*``, ``/proc/sys/fs/file-nr``,
-    ``/proc/diskstats``, ``/proc/uptime``, ``/proc/net/dev``, ``adjtimex``): such a read
-    cannot block on I/O, so it runs on the event loop without a thread hand-off. Anything
-    that can block stays False: ``statvfs`` (a network filesystem), hwmon sensors (i2c,
-    slow drivers), a device's sysfs files, subprocesses, D-Bus, per-process files."""
+    ``/proc/diskstats``, ``/proc/uptime``, ``/proc/net/dev``, ``adjtimex``, an interface's
+    flags by ``SIOCGIFFLAGS``): such a read cannot block on I/O, so it runs on the event
+    loop without a thread hand-off. Anything that can block stays False: ``statvfs`` (a
+    network filesystem), hwmon sensors (i2c, slow drivers), a device's sysfs files,
+    subprocesses, D-Bus, per-process files."""
 
     def __init__(
         self, *, name: str, interval: float, timeout: float, clock: Clock = time.monotonic
@@ -246,11 +249,20 @@ class BlockingProbe(abc.ABC):
         self._closed = False
         self._inline = self.inline
         self._slow_runs = 0
+        self._kernel_files = KernelFiles()
 
     @property
     def runs_inline(self) -> bool:
         """Whether the next run reads on the event loop (False once one was too slow)."""
         return self._inline
+
+    def read_kernel_file(self, path: Path) -> str:
+        """Read a system-wide kernel file kept open between runs (see :class:`KernelFiles`).
+
+        Raises:
+            OSError: carrying the path, as ``open`` raises it.
+        """
+        return self._kernel_files.read(path)
 
     @abc.abstractmethod
     def collect(self) -> list[Sample]:
@@ -316,25 +328,30 @@ class BlockingProbe(abc.ABC):
         self._started = self._clock()
         future = self._executor.submit(self.collect)
         self._running = future
-        waiter = asyncio.wrap_future(future)
+        # One loop future woken by the run's end or by the timeout, whichever comes first:
+        # leaner than asyncio.wrap_future plus asyncio.wait (this runs every interval).
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        future.add_done_callback(lambda _: _wake_threadsafe(loop, waiter))
+        timer = loop.call_later(self.timeout, _wake, waiter)
         try:
-            done, _ = await asyncio.wait((waiter,), timeout=self.timeout)
+            await waiter
         finally:
-            if not waiter.done():
-                # Cancelling the wrapper stops us waiting; it cannot stop the thread.
-                # ``self._running`` keeps tracking the thread itself.
-                waiter.cancel()
-        if not done:
+            timer.cancel()
+        if not future.done():
+            # We stop waiting; the thread cannot be stopped. ``self._running`` keeps
+            # tracking it, so no second run starts behind it.
             future.add_done_callback(self._log_abandoned_run_returned)
             raise ProbeTimeoutError(
                 f"probe {self.name}: run did not finish within {self.timeout:g}s"
             )
-        return waiter.result()
+        return future.result()
 
     def close(self) -> None:
         """Shut the executor down without waiting for a run in progress."""
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._kernel_files.close()
 
     def _log_abandoned_run_returned(self, _: concurrent.futures.Future[list[Sample]]) -> None:
         # Runs in the worker thread when an abandoned run finally returns: the one
@@ -370,6 +387,17 @@ class ProcfsProbe(BlockingProbe):
     ) -> None:
         super().__init__(name=self.NAME, interval=interval, timeout=timeout, clock=clock)
         self.proc = proc
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _wake_threadsafe(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> None:
+    # In the worker thread when a run ends; an abandoned run may end after the loop closed.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_wake, waiter)
 
 
 def next_beat(now: float, interval: float) -> float:

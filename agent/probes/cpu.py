@@ -9,7 +9,9 @@ from __future__ import annotations
 
 __all__ = ["CpuProbe", "CpuTimes", "read_cpu_stat"]
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from agent.model import Sample
@@ -39,8 +41,10 @@ class CpuTimes:
     cpus: int
 
 
-def read_cpu_stat(path: Path) -> CpuTimes:
+def read_cpu_stat(path: Path, read: Callable[[Path], str] = read_text) -> CpuTimes:
     """Parse the aggregate ``cpu`` line and count the ``cpuN`` lines of ``/proc/stat``.
+
+    ``read`` reads the file (a probe's :meth:`BlockingProbe.read_kernel_file`).
 
     Raises:
         OSError: when the file cannot be read.
@@ -48,7 +52,7 @@ def read_cpu_stat(path: Path) -> CpuTimes:
     """
     aggregate: list[int] | None = None
     cpus = 0
-    for line in read_text(path).splitlines():
+    for line in read(path).splitlines():
         if not line.startswith("cpu"):
             # cpu lines come first; nothing after them is ours.
             if aggregate is not None:
@@ -84,9 +88,13 @@ class CpuProbe(ProcfsProbe):
     NAME = "cpu"
     _previous: CpuTimes | None = None  # the last reading, for the next delta
 
+    @cached_property
+    def _stat(self) -> Path:
+        return self.proc / "stat"
+
     def collect(self) -> list[Sample]:
         """Read ``/proc/stat`` and compute the ratios since the previous run."""
-        now = read_cpu_stat(self.proc / "stat")
+        now = read_cpu_stat(self._stat, self.read_kernel_file)
         base = self._previous
         self._previous = now
         total, idle, iowait, steal = now.total, now.idle, now.iowait, now.steal

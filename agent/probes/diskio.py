@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.model import Sample
-from agent.probes.base import BlockingProbe, Clock, parse_error, read_text
+from agent.probes.base import BlockingProbe, Clock, parse_error
 
 SECTOR_BYTES = 512
 """diskstats counts 512-byte sectors whatever the device's own sector size."""
@@ -89,7 +89,7 @@ class DiskioProbe(BlockingProbe):
 
     def collect(self) -> list[Sample]:
         """Read diskstats and compute each device's figures since the previous run."""
-        text = read_text(self._diskstats)
+        text = self.read_kernel_file(self._diskstats)
         now = self._clock()
         devices = self._parse(text)
         elapsed = now - self._previous_time
@@ -134,7 +134,7 @@ class DiskioProbe(BlockingProbe):
         return devices
 
     def _read_uptime(self) -> float:
-        text = read_text(self._uptime)
+        text = self.read_kernel_file(self._uptime)
         try:
             return float(text.split()[0])
         except (IndexError, ValueError):

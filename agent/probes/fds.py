@@ -4,10 +4,11 @@ from __future__ import annotations
 
 __all__ = ["FdsProbe"]
 
+from functools import cached_property
 from pathlib import Path
 
 from agent.model import Sample
-from agent.probes.base import ProcfsProbe, parse_error, read_text
+from agent.probes.base import ProcfsProbe, parse_error
 
 
 class FdsProbe(ProcfsProbe):
@@ -19,13 +20,13 @@ class FdsProbe(ProcfsProbe):
 
     NAME = "fds"
 
-    @property
+    @cached_property
     def _file_nr(self) -> Path:
         return self.proc / "sys" / "fs" / "file-nr"
 
     def collect(self) -> list[Sample]:
         """Read ``allocated unused max``."""
-        text = read_text(self._file_nr)
+        text = self.read_kernel_file(self._file_nr)
         try:
             allocated, _unused, limit = (int(field) for field in text.split())
         except ValueError:

@@ -132,6 +132,7 @@ class FilesystemProbe(BlockingProbe):
         self._exclude_fstypes = frozenset(exclude_fstypes)
         self._exclude_mountpoints = re.compile(exclude_mountpoints) if exclude_mountpoints else None
         self._statvfs = statvfs
+        self._parsed: dict[str, MountEntry] = {}  # mountinfo line -> its entry, last run
 
     def collect(self) -> list[Sample]:
         """List the mounts, then ``statvfs`` each one that is not excluded."""
@@ -147,11 +148,33 @@ class FilesystemProbe(BlockingProbe):
 
     def _mounts(self) -> list[MountEntry]:
         visible: dict[str, MountEntry] = {}
-        for mount in parse_mountinfo(self._mountinfo, read_text(self._mountinfo)):
+        for mount in self._parse(read_text(self._mountinfo)):
             current = visible.get(mount.mountpoint)
             if current is None or current.device != mount.device:
                 visible[mount.mountpoint] = mount
         return [mount for mount in visible.values() if not self._excluded(mount)]
+
+    def _parse(self, text: str) -> list[MountEntry]:
+        """``parse_mountinfo``, reusing the entry of a line seen unchanged in the last run.
+
+        The table is read every run (a superblock turning read-only after an error
+        changes a line, and no event announces it), but it rarely changes: parsing a
+        line again would give the same entry.
+        """
+        known = self._parsed
+        parsed: dict[str, MountEntry] = {}
+        mounts: list[MountEntry] = []
+        for line in text.splitlines():
+            mount = known.get(line)
+            if mount is None:
+                entries = list(parse_mountinfo(self._mountinfo, line))
+                if not entries:
+                    continue
+                mount = entries[0]
+            parsed[line] = mount
+            mounts.append(mount)
+        self._parsed = parsed
+        return mounts
 
     def _excluded(self, mount: MountEntry) -> bool:
         if mount.fstype in self._exclude_fstypes:

@@ -6,9 +6,11 @@ __all__ = ["LoadProbe"]
 
 import logging
 import os
+from functools import cached_property
+from pathlib import Path
 
 from agent.model import Sample
-from agent.probes.base import ProcfsProbe, parse_error, read_text
+from agent.probes.base import ProcfsProbe, parse_error
 from agent.probes.cpu import read_cpu_stat
 
 log = logging.getLogger(__name__)
@@ -27,14 +29,22 @@ class LoadProbe(ProcfsProbe):
 
     NAME = "load"
 
+    @cached_property
+    def _loadavg(self) -> Path:
+        return self.proc / "loadavg"
+
+    @cached_property
+    def _stat(self) -> Path:
+        return self.proc / "stat"
+
     def collect(self) -> list[Sample]:
         """Read the load averages and divide the 5 minute one by the online CPUs."""
-        text = read_text(self.proc / "loadavg")
+        text = self.read_kernel_file(self._loadavg)
         try:
             load1, load5, load15 = (float(field) for field in text.split()[:3])
         except ValueError:
             raise parse_error(
-                self.proc / "loadavg", f"expected three load averages, got {text!r}"
+                self._loadavg, f"expected three load averages, got {text!r}"
             ) from None
         cpus = self._online_cpus()
         return [
@@ -46,7 +56,7 @@ class LoadProbe(ProcfsProbe):
 
     def _online_cpus(self) -> int:
         try:
-            cpus = read_cpu_stat(self.proc / "stat").cpus
+            cpus = read_cpu_stat(self._stat, self.read_kernel_file).cpus
         except (OSError, ValueError) as err:
             log.debug("probe load: counting CPUs with os.cpu_count(): %s", err)
             cpus = 0

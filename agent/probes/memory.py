@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from agent.model import Sample
-from agent.probes.base import BlockingProbe, Clock, parse_error, read_text
+from agent.probes.base import BlockingProbe, Clock, parse_error
 
 _MEMINFO_KEYS = ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree")
 _VMSTAT_KEYS = ("pswpin", "pswpout")
@@ -49,8 +49,8 @@ class MemoryProbe(BlockingProbe):
 
     def collect(self) -> list[Sample]:
         """Read meminfo and vmstat; the swap rate is over the time since the previous run."""
-        mem = _read_fields(self._meminfo, _MEMINFO_KEYS, scale=1024)
-        pages = _read_fields(self._vmstat, _VMSTAT_KEYS, scale=self._page_size)
+        mem = self._read_fields(self._meminfo, _MEMINFO_KEYS, scale=1024)
+        pages = self._read_fields(self._vmstat, _VMSTAT_KEYS, scale=self._page_size)
         now = self._clock()
         total, available = mem["MemTotal"], mem["MemAvailable"]
         if total <= 0:
@@ -75,25 +75,29 @@ class MemoryProbe(BlockingProbe):
             Sample.of("nodemedic_swap_io_bytes_per_second", rate),
         ]
 
+    def _read_fields(self, path: Path, keys: tuple[str, ...], *, scale: int) -> dict[str, int]:
+        """Pick ``keys`` out of a ``name value`` (meminfo: ``name: value kB``) file, scaled.
 
-def _read_fields(path: Path, keys: tuple[str, ...], *, scale: int) -> dict[str, int]:
-    """Pick ``keys`` out of a ``name value`` (meminfo: ``name: value kB``) file, scaled."""
-    wanted = set(keys)
-    found: dict[str, int] = {}
-    for line in read_text(path).splitlines():
-        name, _, rest = line.partition(" ")
-        name = name.rstrip(":")
-        if name not in wanted:
-            continue
-        fields = rest.split()
-        try:
-            found[name] = int(fields[0]) * scale
-        except (IndexError, ValueError):
-            raise parse_error(path, f"bad line {line!r}") from None
-        if len(found) == len(wanted):
-            break
-    missing = [key for key in keys if key not in found]
-    if missing:
-        # MemAvailable appeared in Linux 3.14; there is no honest substitute for it.
-        raise parse_error(path, f"missing {', '.join(missing)}")
-    return found
+        Each key's line is found by searching for its name, not by splitting the whole
+        file: vmstat has some 190 lines and the swap counters sit in its middle.
+        """
+        text = "\n" + self.read_kernel_file(path)
+        found: dict[str, int] = {}
+        for key in keys:
+            at = text.find(f"\n{key}:")
+            if at < 0:
+                at = text.find(f"\n{key} ")
+            if at < 0:
+                continue
+            end = text.find("\n", at + 1)
+            line = text[at + 1 : end] if end >= 0 else text[at + 1 :]
+            fields = line.split()
+            try:
+                found[key] = int(fields[1]) * scale
+            except (IndexError, ValueError):
+                raise parse_error(path, f"bad line {line!r}") from None
+        missing = [key for key in keys if key not in found]
+        if missing:
+            # MemAvailable appeared in Linux 3.14; there is no honest substitute for it.
+            raise parse_error(path, f"missing {', '.join(missing)}")
+        return found

@@ -6,10 +6,11 @@ __all__ = ["PressureProbe"]
 
 import errno
 import logging
+from functools import cached_property
 from pathlib import Path
 
 from agent.model import Sample
-from agent.probes.base import ProcfsProbe, parse_error, read_text
+from agent.probes.base import ProcfsProbe, parse_error
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,16 @@ class PressureProbe(ProcfsProbe):
 
     NAME = "pressure"
 
+    @cached_property
+    def _files(self) -> list[tuple[str, Path]]:
+        return [(resource, self.proc / "pressure" / resource) for resource in RESOURCES]
+
     def collect(self) -> list[Sample]:
         """Read each resource's PSI file; percentages become ratios."""
         samples: list[Sample] = []
-        for resource in RESOURCES:
-            path = self.proc / "pressure" / resource
+        for resource, path in self._files:
             try:
-                text = read_text(path)
+                text = self.read_kernel_file(path)
             except OSError as err:
                 # Absent (PSI not built in) or EOPNOTSUPP (psi=0 on the command line).
                 if isinstance(err, FileNotFoundError) or err.errno == errno.EOPNOTSUPP:

@@ -236,10 +236,13 @@ def test_only_probes_reading_kernel_generated_counters_run_inline(tmp_path: Path
         for probe in probes.values():
             probe.close()
 
-    # filesystem (statvfs), network (device sysfs), sensors (hwmon), processes
-    # (per-process files), gpu (NVML) and the push probes can block: they keep a thread.
-    # The processes probe without a group reads nothing, so it runs inline too.
-    assert inline == {"cpu", "memory", "load", "pressure", "diskio", "fds", "clock", "processes"}
+    # filesystem (statvfs), sensors (hwmon), processes (per-process files), gpu (NVML)
+    # and the push probes can block: they keep a thread. The processes probe without a
+    # group reads nothing, so it runs inline too; network reads /proc/net/dev and asks
+    # SIOCGIFFLAGS, both answered from memory.
+    assert inline == {
+        "cpu", "memory", "load", "pressure", "diskio", "fds", "clock", "processes", "network"
+    }  # fmt: skip
     grouped = ProbesConfig.model_validate(
         {"processes": {"groups": [{"name": "sshd", "comm": "sshd"}]}}
     )

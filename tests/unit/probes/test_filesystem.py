@@ -191,3 +191,28 @@ async def test_malformed_mountinfo_is_a_probe_error(tmp_path: Path, closing: Clo
 
     with pytest.raises(ProbeError, match=r"^probe filesystem: cannot parse .*/self/mountinfo: "):
         await probe.sample()
+
+
+@pytest.mark.asyncio
+async def test_a_filesystem_turning_read_only_is_seen_on_the_next_run(
+    tmp_path: Path, closing: Closing
+) -> None:
+    line = "21 1 8:1 / /data rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro\n"
+    other = "22 1 8:2 / /srv rw,relatime - xfs /dev/sdb1 rw\n"
+    write_tree(tmp_path, {"self/mountinfo": line + other})
+    statvfs = _FakeStatvfs({"/data": PLAIN, "/srv": PLAIN})
+    probe = closing(FilesystemProbe(proc=tmp_path, statvfs=statvfs))
+    readonly = "nodemedic_filesystem_readonly"
+    data = _fs("/data", "/dev/sda1", "ext4")
+
+    first = by_series(await probe.sample())
+    # ext4 after an error: the superblock goes read-only, the other line stays as it was.
+    write_tree(tmp_path, {"self/mountinfo": line.replace(" rw,errors", " ro,errors") + other})
+    second = by_series(await probe.sample())
+    write_tree(tmp_path, {"self/mountinfo": other})
+    third = by_series(await probe.sample())
+
+    assert first[(readonly, data)] == 0.0
+    assert second[(readonly, data)] == 1.0
+    assert second[(readonly, _fs("/srv", "/dev/sdb1", "xfs"))] == 0.0
+    assert (readonly, data) not in third  # unmounted

@@ -85,3 +85,18 @@ async def test_kernel_without_memavailable_is_a_probe_error(
         ProbeError, match=rf"^probe memory: cannot parse {tmp_path}/meminfo: missing MemAvailable$"
     ):
         await probe.sample()
+
+
+@pytest.mark.asyncio
+async def test_malformed_counter_line_is_a_probe_error_naming_it(
+    tmp_path: Path, closing: Closing
+) -> None:
+    # pswpinx is another counter: only the exact name counts, and its value is not ours.
+    vmstat = "pswpinx 7\n" + VMSTAT.replace("pswpout ", "pswpout lots ")
+    write_tree(tmp_path, {"meminfo": MEMINFO, "vmstat": vmstat})
+    probe = closing(MemoryProbe(proc=tmp_path, page_size=4096))
+
+    with pytest.raises(
+        ProbeError, match=rf"^probe memory: cannot parse {tmp_path}/vmstat: bad line 'pswpout lots "
+    ):
+        await probe.sample()
