@@ -95,8 +95,14 @@ async def test_twenty_waiters_for_three_slots_take_one_lease_per_slot(
     # One lease per acquire(), whatever the claims lost: a re-grant only where a
     # waiting lease expired under CPU starvation (a few, never one per attempt).
     assert grants <= acquisitions + 5
-    # Only the front of the queue claims, so lost claims stay a small share.
-    assert lost <= acquisitions
+    # A claim is lost only to one that won in between. At the start every waiter finds
+    # the queue empty and slots free, so each of the first BUDGET wins can cost every
+    # other waiter a claim; after that only the first BUDGET of the queue claim, so an
+    # acquisition costs at most the other BUDGET - 1 a lost claim. How many are lost
+    # depends on the scheduling (38 in a quiet run, 76 on a loaded machine); a herd in
+    # which every waiter claims at every release would lose up to WAITERS - 1 each time.
+    start = sum(WAITERS - 1 - k for k in range(BUDGET))
+    assert lost <= start + (BUDGET - 1) * (acquisitions - BUDGET)
     assert etcd.keys(f"{PREFIX}/slots/") == []
     assert etcd.keys(QUEUE) == []
 
