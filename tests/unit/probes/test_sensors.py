@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import psutil
 import pytest
@@ -10,9 +12,10 @@ from psutil._ntuples import shwtemp
 
 from agent.errors import ProbeError
 from agent.model import labelset
+from agent.probes.base import INLINE_LIMIT, INLINE_STRIKES
 from agent.probes.sensors import SensorsProbe, TemperatureReading
 
-from .fakes import Closing, by_series
+from .fakes import Closing, ManualClock, by_series
 
 # As psutil reports a two-socket host: both coretemp chips merged under one name.
 READINGS: dict[str, list[shwtemp]] = {
@@ -75,3 +78,73 @@ async def test_psutil_failure_is_a_probe_error(closing: Closing) -> None:
 
     with pytest.raises(ProbeError, match=r"^probe sensors: psutil: "):
         await probe.sample()
+
+
+class _Recorder:
+    """Temperatures from fixed readings, noting the thread of each read (and its cost)."""
+
+    def __init__(self, clock: ManualClock | None = None, took: float = 0.0) -> None:
+        self.threads: list[str] = []
+        self.clock = clock
+        self.took = took
+
+    def __call__(self) -> Mapping[str, Sequence[TemperatureReading]]:
+        self.threads.append(threading.current_thread().name)
+        if self.clock is not None:
+            self.clock.advance(self.took)
+        return {}
+
+
+@pytest.mark.asyncio
+async def test_without_sensor_devices_it_reads_on_the_loop_and_with_one_in_its_thread(
+    tmp_path: Path, closing: Closing
+) -> None:
+    (tmp_path / "thermal" / "cooling_device0").mkdir(parents=True)  # no zone: no sensor
+    reads = _Recorder()
+    probe = closing(SensorsProbe(temperatures=reads, sys_class=tmp_path))
+    loop_thread = threading.current_thread().name
+
+    await probe.sample()
+    assert reads.threads == [loop_thread], "no device: no thread hand-off"
+    assert probe.runs_inline
+
+    (tmp_path / "hwmon" / "hwmon0").mkdir(parents=True)  # a driver loaded
+    await probe.sample()
+    assert reads.threads[-1].startswith("probe-sensors_"), "a chip's files can be slow"
+    assert not probe.runs_inline
+
+    (tmp_path / "hwmon" / "hwmon0").rmdir()
+    (tmp_path / "thermal" / "thermal_zone0").mkdir()
+    await probe.sample()
+    assert reads.threads[-1].startswith("probe-sensors_"), "a thermal zone counts too"
+
+    (tmp_path / "thermal" / "thermal_zone0").rmdir()
+    await probe.sample()
+    assert reads.threads[-1] == loop_thread, "back on the loop once none is listed"
+
+
+@pytest.mark.asyncio
+async def test_an_unlistable_sysfs_keeps_the_thread(tmp_path: Path, closing: Closing) -> None:
+    (tmp_path / "hwmon").write_text("not a directory")
+    reads = _Recorder()
+    probe = closing(SensorsProbe(temperatures=reads, sys_class=tmp_path))
+
+    assert await probe.sample() == []
+    assert reads.threads[-1].startswith("probe-sensors_")
+
+
+@pytest.mark.asyncio
+async def test_slow_runs_on_the_loop_send_it_to_its_thread_for_good(
+    tmp_path: Path, closing: Closing
+) -> None:
+    clock = ManualClock()
+    reads = _Recorder(clock, took=INLINE_LIMIT * 2)
+    probe = closing(SensorsProbe(temperatures=reads, sys_class=tmp_path, clock=clock))
+
+    for _ in range(INLINE_STRIKES + 2):
+        await probe.sample()
+
+    loop_thread = threading.current_thread().name
+    assert reads.threads[:INLINE_STRIKES] == [loop_thread] * INLINE_STRIKES
+    assert all(name.startswith("probe-sensors_") for name in reads.threads[INLINE_STRIKES:])
+    assert not probe.runs_inline
