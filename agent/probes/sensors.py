@@ -54,10 +54,10 @@ class SensorsProbe(BlockingProbe):
     `` #2``, `` #3``... to keep every series distinct. A host without sensors (most
     virtual machines) yields no samples.
 
-    Where sysfs lists no hwmon chip and no thermal zone, a run reads no sensor file (only
-    in-memory sysfs directories, which cannot block), so it runs on the event loop: a
-    thread hand-off would cost more. Each such run first looks again; once a device is
-    listed (a driver loaded), runs go back to the thread, since its files can be slow (i2c).
+    Each run first lists sysfs's hwmon chips and thermal zones (in-memory directories:
+    this cannot block). With none listed there is nothing to read: the run yields no
+    samples on the event loop, without psutil's globbing or a thread hand-off. Otherwise
+    psutil reads them in the probe's thread, since a chip's files can be slow (i2c).
 
     Args:
         interval: seconds between runs.
@@ -81,7 +81,7 @@ class SensorsProbe(BlockingProbe):
         self._sys_class = sys_class
 
     async def sample(self) -> Sequence[Sample]:
-        """Read the sensors; on the event loop while sysfs lists none (see the class)."""
+        """Read the sensors; on the event loop, reading nothing, when sysfs lists none."""
         self.read_next_on_loop(not self._devices_listed())
         return await super().sample()
 
@@ -95,6 +95,8 @@ class SensorsProbe(BlockingProbe):
 
     def collect(self) -> list[Sample]:
         """Read every temperature sensor once."""
+        if self.runs_inline:
+            return []  # sample() found no device listed
         chips = self._temperatures()
         samples: list[Sample] = []
         for chip, readings in chips.items():
