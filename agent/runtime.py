@@ -524,7 +524,7 @@ class Agent:
             store = self._store
             if store is not None:
                 try:
-                    ratio = store.outbox_stats().used_ratio
+                    ratio = store.outbox_used_ratio()
                 except StoreError as err:
                     log.error("cannot read the outbox figures: %s", err)
                 else:

@@ -19,6 +19,7 @@ __all__ = [
     "OutboxStats",
     "OutboxTally",
     "batch",
+    "fullness",
     "severity_rank",
 ]
 
@@ -91,7 +92,12 @@ class OutboxStats:
     @property
     def used_ratio(self) -> float:
         """The fuller of count and bytes, as a share of its bound (1.0 means full)."""
-        return max(self.depth / self.max_events, self.bytes / self.max_bytes)
+        return fullness(self.depth, self.bytes, self.max_events, self.max_bytes)
+
+
+def fullness(depth: int, size: int, max_events: int, max_bytes: int) -> float:
+    """The fuller of count and bytes, as a share of its bound (1.0 means full)."""
+    return max(depth / max_events, size / max_bytes)
 
 
 def severity_rank(data: Mapping[str, Any]) -> int:
@@ -182,6 +188,11 @@ class OutboxTally:
         self.depth += rows
         self.bytes += size
         self.shed_total += shed
+
+    @property
+    def used_ratio(self) -> float:
+        """How full the outbox is (as :attr:`OutboxStats.used_ratio`), without a read."""
+        return fullness(self.depth, self.bytes, self.limits.max_events, self.limits.max_bytes)
 
     def stats(self, conn: sqlite3.Connection) -> OutboxStats:
         """The current figures (one indexed read for the oldest row)."""

@@ -248,6 +248,7 @@ class BlockingProbe(abc.ABC):
         self._started = 0.0
         self._closed = False
         self._inline = self.inline
+        self._kept_in_thread = False
         self._slow_runs = 0
         self._kernel_files = KernelFiles()
 
@@ -255,6 +256,15 @@ class BlockingProbe(abc.ABC):
     def runs_inline(self) -> bool:
         """Whether the next run reads on the event loop (False once one was too slow)."""
         return self._inline
+
+    def read_next_on_loop(self, inline: bool) -> None:
+        """Whether the next run reads on the event loop, for a probe whose sources vary.
+
+        A probe with nothing to read that can block (no sensor chip, say) may run inline,
+        and goes back to its thread once there is; a probe moved to its thread for slow
+        runs stays there.
+        """
+        self._inline = inline and not self._kept_in_thread
 
     def read_kernel_file(self, path: Path) -> str:
         """Read a system-wide kernel file kept open between runs (see :class:`KernelFiles`).
@@ -308,6 +318,7 @@ class BlockingProbe(abc.ABC):
                 # (a kernel bug, lock contention, a fixture tree on a slow disk), it must
                 # not hold the loop again: the thread and its timeout guard it from now on.
                 self._inline = False
+                self._kept_in_thread = True
                 log.warning(
                     "probe %s: %d readings in a row on the event loop took over %.0f ms "
                     "(the last %.1f ms); reading it in its worker thread from now on",

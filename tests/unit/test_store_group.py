@@ -110,8 +110,9 @@ def _journal(store: Store) -> None:
         lambda s: s.events(),
         lambda s: s.stats(),
         lambda s: s.query("read", "SELECT COUNT(*) FROM runs"),
+        lambda s: s.outbox_used_ratio(),
     ],
-    ids=["conditions", "journal", "ack", "outbox_batch", "events", "stats", "query"],
+    ids=["conditions", "journal", "ack", "outbox_batch", "events", "stats", "query", "used_ratio"],
 )
 async def test_any_other_write_or_read_commits_pending_events_first(
     store: Store, db: Path, touch: Callable[[Store], object]

@@ -100,6 +100,7 @@ def test_when_full_it_sheds_the_lowest_severity_first_then_the_oldest(db_path: P
         assert stats.shed_total == 5
         assert stats.depth == 5
         assert stats.used_ratio == 1.0
+        assert store.outbox_used_ratio() == 1.0  # the per-second figure, from the tally
         # Shed events stay in the history: only the broker misses them (as a sequence gap).
         assert store.events(since=0, limit=100)[1].sequence == info_old
     with Store.open(db_path, outbox_limits=limits) as store:
@@ -120,6 +121,9 @@ def test_the_byte_bound_sheds_too(db_path: Path) -> None:
         assert stats.shed_total == 7
         assert queued(store) == [8, 9, 10]
         assert 0.8 < stats.used_ratio <= 1.0
+        assert store.outbox_used_ratio() == stats.used_ratio
+        store.outbox_ack([8])
+        assert store.outbox_used_ratio() == store.outbox_stats().used_ratio < stats.used_ratio
 
 
 def store_payload(db_path: Path, store: Store) -> bytes:
@@ -164,6 +168,8 @@ def test_outbox_calls_on_a_closed_store_are_store_errors(db_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.outbox_stats()
+    with pytest.raises(StoreError, match="closed"):
+        store.outbox_used_ratio()
     with pytest.raises(StoreError, match="closed"):
         store.outbox_batch()
     with pytest.raises(ValueError, match="limit"):
