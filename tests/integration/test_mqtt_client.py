@@ -34,6 +34,7 @@ from tests.brokers import (  # noqa: F401
     mosquitto_factory_fixture,
     mqtt_pki_fixture,
 )
+from tests.unit.test_mqtt_wire import assert_same_command
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.asyncio]
 
@@ -176,14 +177,7 @@ async def test_packets_captured_from_mosquitto_read_as_paho_reads_them(
                 assert hasattr(paho.properties, "UserProperty")
                 continue
             fast += 1
-            assert (ours.topic, ours.qos, ours.mid, ours.payload) == (
-                paho.topic,
-                paho.qos,
-                paho.mid,
-                paho.payload,
-            )
-            assert ours.response_topic == getattr(paho.properties, "ResponseTopic", None)
-            assert ours.correlation_data == getattr(paho.properties, "CorrelationData", None)
+            assert_same_command(ours, paho)
     assert fast >= 40 + len(payloads) * (2 / 3 if v5 else 1) - 1
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from importlib.metadata import version
+from typing import Any
 
 import pytest
 from paho.mqtt import _packet
@@ -22,6 +23,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from agent.mqtt_wire import (
     CONTENT_TYPE,
     CORRELATION_DATA,
+    CommandPublish,
     binary_property,
     decode_command,
     pack_length,
@@ -59,6 +61,18 @@ def test_packed_properties_equal_pahos() -> None:
     )
     assert ours == props.pack()  # type: ignore[no-untyped-call]
     assert properties_block() == b"\x00"
+
+
+def assert_same_command(ours: CommandPublish, paho: Any) -> None:
+    """``ours`` says what paho's decoding of the same PUBLISH (``decode_publish``) says."""
+    assert (ours.topic, ours.qos, ours.mid, ours.payload) == (
+        paho.topic,
+        paho.qos,
+        paho.mid,
+        paho.payload,
+    )
+    assert ours.response_topic == getattr(paho.properties, "ResponseTopic", None)
+    assert ours.correlation_data == getattr(paho.properties, "CorrelationData", None)
 
 
 def _publish(
@@ -106,14 +120,7 @@ def test_a_command_decodes_as_paho_decodes_it_or_is_left_to_paho(shape: str, qos
         assert ours is None  # paho reads these
         return
     assert ours is not None
-    assert (ours.topic, ours.qos, ours.mid, ours.payload) == (
-        paho.topic,
-        paho.qos,
-        paho.mid,
-        paho.payload,
-    )
-    assert ours.response_topic == getattr(paho.properties, "ResponseTopic", None)
-    assert ours.correlation_data == getattr(paho.properties, "CorrelationData", None)
+    assert_same_command(ours, paho)
 
 
 def test_a_311_command_has_no_properties_and_decodes_as_pahos() -> None:
