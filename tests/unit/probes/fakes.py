@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -33,6 +34,27 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         """Move the clock forward."""
         self.now += seconds
+
+
+class NewProbeThreads:
+    """The live worker threads of probes called ``name`` started since this was made.
+
+    A closed probe's worker ends shortly after ``close`` (its executor shuts down without
+    waiting), so an earlier test's ``probe-<name>_0`` may still be alive when the next
+    test starts: counting every thread of that name would make a test depend on the one
+    run before it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._prefix = f"probe-{name}_"
+        self._before = frozenset(threading.enumerate())
+
+    def __call__(self) -> list[threading.Thread]:
+        return [
+            thread
+            for thread in threading.enumerate()
+            if thread.name.startswith(self._prefix) and thread not in self._before
+        ]
 
 
 def write_tree(root: Path, files: Mapping[str, str]) -> Path:

@@ -18,7 +18,7 @@ from agent.probes import build_probes
 from agent.probes.base import INLINE_LIMIT, INLINE_STRIKES, BlockingProbe, next_beat, read_text
 from agent.probes.cpu import CpuProbe
 
-from .fakes import Closing, ManualClock
+from .fakes import Closing, ManualClock, NewProbeThreads
 
 
 class _ScriptedProbe(BlockingProbe):
@@ -51,10 +51,6 @@ class _HangingProbe(BlockingProbe):
         return [
             Sample.of("nodemedic_filesystem_readonly", 0, mountpoint="/", device="d", fstype="x")
         ]
-
-
-def _probe_threads(name: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(f"probe-{name}_")]
 
 
 @pytest.mark.asyncio
@@ -131,6 +127,7 @@ async def test_probe_recovers_after_a_failed_run(closing: Closing) -> None:
 @pytest.mark.asyncio
 async def test_hung_run_times_out_and_is_not_run_twice(caplog: pytest.LogCaptureFixture) -> None:
     clock = ManualClock(start=100.0)
+    started = NewProbeThreads("filesystem")
     probe = _HangingProbe(timeout=0.2, clock=clock)
     try:
         with pytest.raises(
@@ -145,19 +142,19 @@ async def test_hung_run_times_out_and_is_not_run_twice(caplog: pytest.LogCapture
             refused.send(None)
 
         assert probe.calls == 1
-        assert len(_probe_threads("filesystem")) == 1
+        assert len(started()) == 1
     finally:
         probe.release.set()
     with caplog.at_level(logging.INFO, logger="agent.probes.base"):
         samples = await _sample_once_released(probe)
     probe.close()
-    for thread in _probe_threads("filesystem"):
+    for thread in started():
         thread.join(timeout=5)
 
     assert samples[0].metric == "nodemedic_filesystem_readonly"
     assert probe.calls == 2
     assert "probe filesystem: abandoned run returned after 7.5s" in caplog.messages
-    assert not _probe_threads("filesystem")
+    assert not started()
 
 
 async def _sample_once_released(probe: _HangingProbe) -> list[Sample]:
@@ -217,6 +214,7 @@ class _InlineProbe(BlockingProbe):
 async def test_an_inline_probe_reads_on_the_event_loop_without_a_thread(
     closing: Closing,
 ) -> None:
+    started = NewProbeThreads("load")
     probe = closing(_InlineProbe(ManualClock()))
 
     samples = await probe.sample()
@@ -225,7 +223,7 @@ async def test_an_inline_probe_reads_on_the_event_loop_without_a_thread(
     assert samples == [Sample.of("nodemedic_load1", 0.5)]
     assert probe.threads == [threading.current_thread().name] * 2
     assert probe.runs_inline
-    assert not _probe_threads("load")
+    assert not started()
 
 
 def test_only_probes_reading_kernel_generated_counters_run_inline(tmp_path: Path) -> None:

@@ -18,21 +18,33 @@ def files() -> Iterator[KernelFiles]:
     held.close()
 
 
-def _open_fds() -> int:
-    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+def _fds_on(path: Path) -> int:
+    """How many of this process's descriptors are open on ``path``.
+
+    Counted by target, not in total: an earlier test's unclosed file may be finalised
+    by the garbage collector at any point and change the total.
+    """
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            count += fd.readlink() == path
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+    return count
 
 
 def test_every_read_is_the_kernels_current_content(files: KernelFiles) -> None:
     uptime = Path("/proc/uptime")
+    before = _fds_on(uptime)
     first = float(files.read(uptime).split()[0])
-    opened = _open_fds()
+    assert _fds_on(uptime) == before + 1
     deadline = time.monotonic() + 30
     while (later := float(files.read(uptime).split()[0])) <= first:
         assert time.monotonic() < deadline, "uptime never moved"
         time.sleep(0.05)
 
     assert later > first
-    assert _open_fds() == opened  # the same held file, not one per read
+    assert _fds_on(uptime) == before + 1  # the same held file, not one per read
 
 
 def test_a_file_larger_than_one_read_comes_whole(tmp_path: Path, files: KernelFiles) -> None:
@@ -49,14 +61,14 @@ def test_rewritten_in_place_is_seen_and_close_releases(tmp_path: Path) -> None:
     path = tmp_path / "stat"
     path.write_text("one\n", encoding="utf-8")
     files = KernelFiles()
-    before = _open_fds()
+    assert _fds_on(path) == 0
     assert files.read(path) == "one\n"
     path.write_text("two and more\n", encoding="utf-8")
 
     assert files.read(path) == "two and more\n"
-    assert _open_fds() == before + 1
+    assert _fds_on(path) == 1
     files.close()
-    assert _open_fds() == before
+    assert _fds_on(path) == 0
 
 
 def test_a_missing_file_raises_with_its_path_and_is_tried_again(

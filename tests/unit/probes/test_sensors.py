@@ -14,7 +14,7 @@ from agent.errors import ProbeError
 from agent.model import labelset
 from agent.probes.sensors import SensorsProbe, TemperatureReading
 
-from .fakes import Closing, by_series
+from .fakes import Closing, NewProbeThreads, by_series
 
 # As psutil reports a two-socket host: both coretemp chips merged under one name.
 READINGS: dict[str, list[shwtemp]] = {
@@ -103,12 +103,13 @@ async def test_without_sensor_devices_it_reads_nothing_and_with_one_reads_in_its
 ) -> None:
     (tmp_path / "thermal" / "cooling_device0").mkdir(parents=True)  # no zone: no sensor
     reads = _Recorder()
+    started = NewProbeThreads("sensors")
     probe = closing(SensorsProbe(temperatures=reads, sys_class=tmp_path))
 
     assert await probe.sample() == []
     assert reads.threads == [], "no device: nothing to read, no thread hand-off"
     assert probe.runs_inline
-    assert not [t for t in threading.enumerate() if t.name.startswith("probe-sensors_")]
+    assert not started()
 
     (tmp_path / "hwmon" / "hwmon0").mkdir(parents=True)  # a driver loaded
     await probe.sample()
