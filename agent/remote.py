@@ -9,7 +9,9 @@ an event (``io.nodemedic.command.accepted`` / ``.rejected``) and a log line.
 
 The retained ``fleet/pause`` message is state, not a one-off: the broker hands it to
 every agent on every connect, so it is applied by its ``issued_at`` (a newer signed
-pause or resume wins, an older or repeated one is ignored) instead of by nonce.
+pause or resume wins, an older or repeated one is ignored) instead of by nonce. The
+newest one applied is persisted with the pause switch, so a restart does not apply the
+same message again over a pause or resume made on the node since.
 """
 
 from __future__ import annotations
@@ -68,8 +70,20 @@ class RemoteControl(Protocol):
         """Approve a waiting run. Raises RemoteActionError."""
         ...
 
-    def set_paused(self, paused: bool, *, by: str, until: float | None) -> None:
-        """Pause (until ``until``, epoch seconds, or indefinitely) or resume remediation."""
+    def set_paused(
+        self, paused: bool, *, by: str, until: float | None, fleet_issued_at: int | None = None
+    ) -> None:
+        """Pause (until ``until``, epoch seconds, or indefinitely) or resume remediation.
+
+        ``fleet_issued_at`` is the ``issued_at`` of the retained fleet pause being applied:
+        kept with the switch, so that after a restart the broker's redelivery of the same
+        message does not undo a change made on the node since.
+        """
+        ...
+
+    def fleet_pause_issued(self) -> int | None:
+        """The ``issued_at`` of the newest retained fleet pause applied here, kept across
+        restarts; None when there was none."""
         ...
 
     def reset_breaker(self, playbook: str, *, by: str) -> None:
@@ -240,7 +254,7 @@ class RemoteCommands:
         self._max_skew = max_skew
         self._max_lifetime = max_lifetime
         self._max_pause = max_pause
-        self._fleet_pause_issued = -1
+        self._fleet_pause_issued: int | None = None  # read from the control when first needed
 
     def handle(self, incoming: IncomingCommand) -> CommandReply | None:
         """Verify and carry out one command.
@@ -355,14 +369,24 @@ class RemoteCommands:
                 incoming,
                 ControlRequest.of(command),
             )
+        if self._fleet_pause_issued is None:
+            applied = self._control.fleet_pause_issued()
+            self._fleet_pause_issued = -1 if applied is None else applied
         if command.issued_at <= self._fleet_pause_issued:
-            log.debug("fleet pause issued at %d already applied", command.issued_at)
+            log.info(
+                "retained fleet %s issued at %d ignored: one issued at %d was applied already",
+                command.kind.value,
+                command.issued_at,
+                self._fleet_pause_issued,
+            )
             return None
-        self._fleet_pause_issued = command.issued_at
         paused = command.kind is CommandKind.PAUSE
         request = ControlRequest.of(command)
         until = float(command.expires_at) if paused else None
-        self._control.set_paused(paused, by=f"{request.by}, fleet", until=until)
+        self._control.set_paused(
+            paused, by=f"{request.by}, fleet", until=until, fleet_issued_at=command.issued_at
+        )
+        self._fleet_pause_issued = command.issued_at
         detail = "fleet pause applied" if paused else "fleet pause lifted"
         self._record("io.nodemedic.command.accepted", "accepted", detail, incoming, request)
         return CommandReply(

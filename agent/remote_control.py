@@ -39,14 +39,22 @@ class EngineControl:
         """Approve a waiting run."""
         self._call(lambda: self._service.approve(run_id, by=by))
 
-    def set_paused(self, paused: bool, *, by: str, until: float | None) -> None:
+    def set_paused(
+        self, paused: bool, *, by: str, until: float | None, fleet_issued_at: int | None = None
+    ) -> None:
         """Pause or resume; a fleet pause lapses at ``until``."""
         if until is not None:
             lapse = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
             reason = f"remote command (lapses {lapse})"
         else:
             reason = "remote command"
-        self._service.set_paused(paused, by=by, reason=reason, until=until)
+        self._service.set_paused(
+            paused, by=by, reason=reason, until=until, fleet_issued_at=fleet_issued_at
+        )
+
+    def fleet_pause_issued(self) -> int | None:
+        """The newest retained fleet pause applied, from the journal."""
+        return self._service.fleet_pause_issued()
 
     def reset_breaker(self, playbook: str, *, by: str) -> None:
         """Close a playbook's breaker."""

@@ -37,6 +37,9 @@ from remediations.recovery import reconcile
 
 log = logging.getLogger(__name__)
 
+# The journal key of the newest retained fleet pause applied (its issued_at).
+_FLEET_PAUSE_ISSUED = "fleet_pause_issued"
+
 
 def load_library(settings: AgentSettings) -> tuple[dict[str, type[Action]], PlaybookLibrary]:
     """The actions and validated playbooks of a configuration.
@@ -167,11 +170,29 @@ class RemediationService:
         return {"paused": reason is not None, "reason": reason}
 
     def set_paused(
-        self, paused: bool, *, by: str, reason: str, until: float | None = None
+        self,
+        paused: bool,
+        *,
+        by: str,
+        reason: str,
+        until: float | None = None,
+        fleet_issued_at: int | None = None,
     ) -> dict[str, Any]:
-        """Flip the pause switch (``until``: epoch seconds it lapses); returns the new state."""
+        """Flip the pause switch (``until``: epoch seconds it lapses); returns the new state.
+
+        ``fleet_issued_at`` marks the retained fleet pause applied; it is written after
+        the switch, so a crash between the two applies that message again on restart
+        rather than never.
+        """
         self.engine.set_paused(paused, by=by, reason=reason, until=until)
+        if fleet_issued_at is not None:
+            self.engine.journal.put(_FLEET_PAUSE_ISSUED, fleet_issued_at)
         return self.pause_state()
+
+    def fleet_pause_issued(self) -> int | None:
+        """The ``issued_at`` of the newest retained fleet pause applied on this node."""
+        value = self.engine.journal.get(_FLEET_PAUSE_ISSUED)
+        return None if value is None else int(value)
 
     def approve(self, run_id: str, *, by: str) -> None:
         """Approve a run waiting for approval; it executes (gates checked again).

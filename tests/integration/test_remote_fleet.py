@@ -191,5 +191,24 @@ def test_cli_triggers_reach_their_nodes_and_the_fleet_pause_holds_them_all(
     assert code == 0, f"{out}\n{err}"
     for node, a in fleet.items():
         until(functools.partial(_running, a), f"the fleet resume on {node}", a)
+
+    # Paused on one node since; a restart, whose connect brings the retained resume
+    # again, leaves that pause in place.
+    web2 = fleet["web-2"]
+    code, out, err = _cli("pause", *common, "--node", "web-2", "--wait", "10")
+    assert code == 0, f"{out}\n{err}"
+    until(lambda: _paused(web2), "the pause of web-2 alone", web2)
+    web2.stop()
+    _start([web2])
+    until(
+        lambda: "retained fleet resume issued at" in web2.log() or not _paused(web2),
+        "the retained resume handled (ignored, or applied over the pause)",
+        web2,
+    )
+    state = http_json(f"{web2.url}/v1/remediation")
+    assert state["paused"], web2.log()[-3000:]
+    assert "fleet" not in state["reason"], "the node's own pause, not a fleet one"
+
+    for a in fleet.values():
         assert healthy(a)
         a.stop()

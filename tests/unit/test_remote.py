@@ -32,6 +32,7 @@ class RecordingControl:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.fleet_issued: int | None = None  # what the journal keeps across restarts
 
     def run_playbook(
         self, playbook: str, target: str | None, params: Mapping[str, Any], *, by: str
@@ -46,9 +47,17 @@ class RecordingControl:
         """Record the approval."""
         self.calls.append(("approve", run_id))
 
-    def set_paused(self, paused: bool, *, by: str, until: float | None) -> None:
-        """Record the pause state."""
+    def set_paused(
+        self, paused: bool, *, by: str, until: float | None, fleet_issued_at: int | None = None
+    ) -> None:
+        """Record the pause state, and the fleet pause's mark if it was one."""
         self.calls.append(("paused", (paused, until)))
+        if fleet_issued_at is not None:
+            self.fleet_issued = fleet_issued_at
+
+    def fleet_pause_issued(self) -> int | None:
+        """The mark the last fleet pause left."""
+        return self.fleet_issued
 
     def reset_breaker(self, playbook: str, *, by: str) -> None:
         """Record the reset."""
@@ -67,7 +76,11 @@ class Harness:
         self.control = RecordingControl()
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.now = NOW
-        self.remote = RemoteCommands(
+        self.remote = self.restarted()
+
+    def restarted(self) -> RemoteCommands:
+        """A new RemoteCommands over the same store and control, as after a restart."""
+        return RemoteCommands(
             node="web-1",
             labels={},
             keys=TRUSTED,
@@ -192,6 +205,26 @@ def test_the_retained_fleet_pause_is_applied_by_issue_time(harness: Harness) -> 
     assert harness.remote.handle(IncomingCommand(newer, via="x", retained=True)) is not None
 
     assert harness.control.calls == [("paused", (True, NOW + 3600)), ("paused", (False, None))]
+
+
+def test_a_restart_does_not_apply_the_same_fleet_pause_again(harness: Harness) -> None:
+    resume = IncomingCommand(_signed("resume"), via="mqtt:fleet/pause", retained=True)
+    assert harness.remote.handle(resume) is not None
+    # Paused on the node since, by a command for it alone; then the agent restarts and
+    # the broker hands it the same retained resume on connect.
+    assert harness.remote.handle(IncomingCommand(_signed("pause"), via="mqtt:commands"))
+    after_restart = harness.restarted()
+
+    assert after_restart.handle(resume) is None
+    older = _signed("pause", issued_at=int(NOW) - 10, expires_at=int(NOW) + 3600)
+    assert after_restart.handle(IncomingCommand(older, via="x", retained=True)) is None
+    assert harness.control.calls == [("paused", (False, None)), ("paused", (True, None))]
+
+    harness.now += 5
+    newer = _signed("resume", issued_at=int(NOW) + 5, expires_at=int(NOW) + 65)
+    assert after_restart.handle(IncomingCommand(newer, via="x", retained=True)) is not None
+    assert harness.control.calls[-1] == ("paused", (False, None)), "a newer one still wins"
+    assert harness.control.fleet_issued == int(NOW) + 5
 
 
 def test_approve_status_and_breaker_reset(harness: Harness) -> None:

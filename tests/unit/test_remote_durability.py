@@ -124,9 +124,15 @@ class _Unused:
         """Never called."""
         raise AssertionError("a replay approved a run")
 
-    def set_paused(self, paused: bool, *, by: str, until: float | None) -> None:
+    def set_paused(
+        self, paused: bool, *, by: str, until: float | None, fleet_issued_at: int | None = None
+    ) -> None:
         """Never called."""
         raise AssertionError("a replay paused")
+
+    def fleet_pause_issued(self) -> int | None:
+        """Never called."""
+        raise AssertionError("a replay read the fleet pause")
 
     def reset_breaker(self, playbook: str, *, by: str) -> None:
         """Never called."""
