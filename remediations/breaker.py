@@ -13,13 +13,23 @@ survives restarts exactly as the journal does.
 
 from __future__ import annotations
 
-__all__ = ["BreakerState", "BreakerStatus", "RunRecord", "breaker_status", "loop_returns"]
+__all__ = [
+    "CONDITION_SOURCE",
+    "BreakerState",
+    "BreakerStatus",
+    "RunRecord",
+    "breaker_status",
+    "loop_returns",
+]
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from remediations.model import Breaker, LoopGuard, RunState
+
+# The source of a run a firing condition requested (operators' runs name who asked).
+CONDITION_SOURCE = "condition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,24 +157,32 @@ _ENDS = frozenset({RunState.SUCCEEDED, RunState.FAILED})
 
 
 def loop_returns(
-    runs: Iterable[RunRecord], guard: LoopGuard, now: float, *, since: float = 0.0
+    runs: Sequence[RunRecord],
+    guard: LoopGuard,
+    now: float,
+    *,
+    since: float = 0.0,
+    by_condition: bool = True,
 ) -> int:
     """How often the condition came back within ``guard.within`` of a success.
 
-    Counts, for one playbook and target, successes after ``since`` that were followed
-    (within the window) by another condition-triggered request, the current request at
-    ``now`` included.
+    Counts, for one playbook and target, the successes after ``since`` whose next
+    request, the current one at ``now`` included, came from the condition within the
+    window. ``by_condition`` is False when the current request is an operator's: a run
+    asked for by hand is not the condition coming back, and a success followed by one
+    is not counted on the condition's next return.
     """
     window = guard.within.total_seconds()
-    ordered = sorted(runs, key=lambda r: r.requested)
-    successes = [
-        r.finished
-        for r in ordered
-        if r.state is RunState.SUCCEEDED and r.finished is not None and r.finished >= since
-    ]
-    requests = [r.requested for r in ordered if r.source == "condition"] + [now]
+    requests = sorted(
+        [(r.requested, r.source == CONDITION_SOURCE) for r in runs] + [(now, by_condition)],
+        key=lambda request: request[0],
+    )
     returns = 0
-    for done in successes:
-        if any(done < at <= done + window for at in requests):
+    for run in runs:
+        done = run.finished
+        if run.state is not RunState.SUCCEEDED or done is None or done < since:
+            continue
+        at, from_condition = next((r for r in requests if r[0] > done), (now, False))
+        if from_condition and at <= done + window:
             returns += 1
     return returns

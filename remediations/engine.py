@@ -26,7 +26,13 @@ from agent.config import RemediationConfig
 from agent.errors import AgentError
 from agent.model import Condition, ConditionState, Event
 from remediations.actions.base import Action, ActionServices
-from remediations.breaker import BreakerState, BreakerStatus, RunRecord, breaker_status
+from remediations.breaker import (
+    CONDITION_SOURCE,
+    BreakerState,
+    BreakerStatus,
+    RunRecord,
+    breaker_status,
+)
 from remediations.coordination import GATE as FLEET_GATE
 from remediations.coordination import FleetBudget, Slot
 from remediations.execution import Emit, RunContext, StepRunner
@@ -115,7 +121,9 @@ class RemediationEngine:
             except RenderError as err:
                 log.warning("playbook %s: cannot target condition %s: %s", playbook.name, rule, err)
                 continue
-            self._start(playbook, target, "condition", {"rule": rule, "labels": labels}, labels)
+            self._start(
+                playbook, target, CONDITION_SOURCE, {"rule": rule, "labels": labels}, labels
+            )
 
     async def consume(self, events: Any) -> None:
         """Feed every event of a bus subscription to :meth:`on_event` until it ends."""
@@ -252,6 +260,7 @@ class RemediationEngine:
             active=self.journal.in_states((RunState.RUNNING, RunState.VERIFYING)),
             breaker=self.breaker(playbook, now=now, history=history),
             loop_since=max(self._reset_at(playbook.name), self._tripped_at(playbook.name) or 0.0),
+            condition_triggered=run.source == CONDITION_SOURCE,
             approved=self.journal.get(f"approval:{run.run_id}") is not None,
         )
 

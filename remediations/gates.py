@@ -92,6 +92,7 @@ class GateInput:
         active: runs on this host that are running or verifying (any playbook).
         breaker: the playbook's breaker.
         loop_since: loop-guard returns before this time are forgotten (reset or trip).
+        condition_triggered: a firing condition requested the run (not an operator).
         approved: a signed approval of this run has been recorded.
     """
 
@@ -114,6 +115,7 @@ class GateInput:
         default_factory=lambda: BreakerStatus(BreakerState.CLOSED, 0, None, "closed")
     )
     loop_since: float = 0.0
+    condition_triggered: bool = True
     approved: bool = False
 
 
@@ -239,13 +241,19 @@ def _breaker(inp: GateInput) -> Decision:
 def _loop_guard(inp: GateInput) -> Decision:
     guard = inp.playbook.safety.loop_guard
     history = [r for r in inp.target_history if r.run_id != inp.run_id]
-    returns = loop_returns(history, guard, inp.now, since=inp.loop_since)
+    returns = loop_returns(
+        history, guard, inp.now, since=inp.loop_since, by_condition=inp.condition_triggered
+    )
     if returns >= guard.returns:
         return Decision(
             "loop_guard",
             False,
             f"the condition came back within {guard.within.total_seconds():.0f}s of a success "
             f"{returns} times (limit {guard.returns}); tripping the breaker",
+        )
+    if not inp.condition_triggered:
+        return Decision(
+            "loop_guard", True, f"{returns} returns after success; an operator's run is not one"
         )
     return Decision("loop_guard", True, f"{returns} returns after success")
 

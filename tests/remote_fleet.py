@@ -97,8 +97,8 @@ def playbook(
     """A remote-triggerable playbook of one harmless recording step.
 
     Its note is the ``note`` parameter of the command (a ``{labels.note}`` placeholder);
-    cooldown, rate limit and loop guard are out of the way so a test may run it many
-    times (the loop guard counts any request after a success as the condition's return).
+    cooldown and rate limit are out of the way so a test may run it many times (the
+    loop guard, at its default, never counts an operator's run as the condition's return).
     """
     return {
         "name": name,
@@ -109,7 +109,6 @@ def playbook(
         "safety": {
             "cooldown": "0s",
             "max_runs": {"count": 1000, "per": "1h"},
-            "loop_guard": {"returns": 1000, "within": "1s"},
             "approval": approval,
             "approval_timeout": approval_timeout,
         },
