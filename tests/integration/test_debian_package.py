@@ -146,6 +146,14 @@ def test_shipped_agent_accepts_the_shipped_config(unpacked: Path) -> None:
     # systemd-python was built for this interpreter: sd_notify and the journal work.
     imported = _run(python, "-c", "import systemd.daemon, systemd.journal, psutil, aiohttp")
     assert imported.returncode == 0, imported.stderr
+    # The optional parts ship too, so a GPU or Kubernetes node needs only configuration.
+    optional = _run(
+        python,
+        "-c",
+        "import pynvml; from agent.kube_client import missing_client;"
+        " raise SystemExit(missing_client())",
+    )
+    assert optional.returncode == 0, optional.stderr
 
 
 def test_shipped_agent_rejects_a_bad_config_with_exit_78(unpacked: Path, tmp_path: Path) -> None:
