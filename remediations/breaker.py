@@ -22,6 +22,7 @@ __all__ = [
     "loop_returns",
 ]
 
+import bisect
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -177,12 +178,16 @@ def loop_returns(
         [(r.requested, r.source == CONDITION_SOURCE) for r in runs] + [(now, by_condition)],
         key=lambda request: request[0],
     )
+    times = [at for at, _ in requests]
     returns = 0
     for run in runs:
         done = run.finished
         if run.state is not RunState.SUCCEEDED or done is None or done < since:
             continue
-        at, from_condition = next((r for r in requests if r[0] > done), (now, False))
+        following = bisect.bisect_right(times, done)  # the first request after the success
+        if following == len(requests):
+            continue
+        at, from_condition = requests[following]
         if from_condition and at <= done + window:
             returns += 1
     return returns
