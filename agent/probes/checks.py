@@ -154,11 +154,16 @@ class ScheduledChecks(abc.ABC, Generic[CheckT]):
             ]
             self._tasks = tasks
             loop = asyncio.get_running_loop()
+            # With no checks there is nothing to wait for: the first (empty) snapshot
+            # comes at once, not a whole interval later (`nodemedic check` waited 10 s).
+            at_once = not self.checks
             try:
                 while True:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout_at(next_beat(loop.time(), self.interval)):
-                            await self._completed.wait()
+                    if not at_once:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout_at(next_beat(loop.time(), self.interval)):
+                                await self._completed.wait()
+                    at_once = False
                     self._completed.clear()
                     dead = next((task for task in tasks if task.done()), None)
                     if dead is not None:
