@@ -299,7 +299,9 @@ async def _check(settings: AgentSettings) -> int:
     try:
         for probe in probes:
             try:
-                samples = await sample_once(probe)
+                # Scheduled checks: every one of them, not the first to finish.
+                run_each = getattr(probe, "run_each_once", None)
+                samples = await (run_each() if run_each is not None else sample_once(probe))
             except ProbeError as err:
                 failures.append((probe.name, str(err)))
                 up.append(Sample.of("nodemedic_probe_up", 0, probe=probe.name))

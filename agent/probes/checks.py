@@ -172,6 +172,15 @@ class ScheduledChecks(abc.ABC, Generic[CheckT]):
             finally:
                 await self._stop(tasks)
 
+    async def run_each_once(self) -> list[Sample]:
+        """Every check run once, together: the whole reading ``nodemedic check`` prints.
+
+        A watch's first update holds only the checks done by then; this waits for all.
+        """
+        async with self.resources():
+            outcomes = await asyncio.gather(*(self._run_once(check) for check in self.checks))
+        return [sample for outcome in outcomes for sample in outcome.samples]
+
     def snapshot(self) -> list[Sample]:
         """Every check's series from its last completed run."""
         return [sample for outcome in self._results.values() for sample in outcome.samples]

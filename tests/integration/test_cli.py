@@ -116,6 +116,31 @@ def test_check_prints_a_table_of_readings_and_rule_states() -> None:
     assert {"filesystem-almost-full", "memory-almost-exhausted", "probe-failing"} <= rules
 
 
+def test_check_shows_every_custom_check_not_only_the_first_to_finish(tmp_path: Path) -> None:
+    probes: dict[str, Any] = {name: {"enabled": False} for name in PROBE_NAMES}
+    probes["custom"] = {
+        "checks": [
+            {"name": "quick", "command": ["/bin/echo", "OK - quick"]},
+            {
+                "name": "slow",
+                "command": ["/bin/sh", "-c", "sleep 1; echo 'WARNING - slow'; exit 1"],
+            },
+        ]
+    }
+    config = tmp_path / "checks.yaml"
+    config.write_text(yaml.safe_dump({"probes": probes}), encoding="utf-8")
+
+    result = run_cli("check", "--config", str(config))
+
+    assert result.returncode == 0, result.stderr
+    status = {
+        line.split()[1]: line.split()[2]
+        for line in result.stdout.splitlines()
+        if line.startswith("nodemedic_custom_check_status ")
+    }
+    assert status == {'check="quick"': "0", 'check="slow"': "1"}, result.stdout
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_run_serves_then_stops_cleanly_on_signal(
     agent_factory: Callable[..., AgentProcess], sig: signal.Signals
