@@ -155,7 +155,7 @@ class ScheduledChecks(abc.ABC, Generic[CheckT]):
             self._tasks = tasks
             loop = asyncio.get_running_loop()
             # With no checks there is nothing to wait for: the first (empty) snapshot
-            # comes at once, not a whole interval later (`nodemedic check` waited 10 s).
+            # comes at once, not a whole interval later.
             at_once = not self.checks
             try:
                 while True:

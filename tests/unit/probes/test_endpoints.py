@@ -271,7 +271,7 @@ async def test_no_checks_still_yields_an_empty_snapshot_every_interval() -> None
 
 @pytest.mark.asyncio
 async def test_with_no_checks_the_first_snapshot_does_not_wait_for_the_interval() -> None:
-    # What `nodemedic check` reads: it used to sit out a whole interval for nothing.
+    # The probe's "up" and its empty reading used to wait a whole interval for nothing.
     probe = EndpointsProbe([], interval=3600.0, timeout=1.0)
 
     async with asyncio.timeout(30):
