@@ -212,7 +212,9 @@ def test_a_restart_does_not_apply_the_same_fleet_pause_again(harness: Harness) -
     assert harness.remote.handle(resume) is not None
     # Paused on the node since, by a command for it alone; then the agent restarts and
     # the broker hands it the same retained resume on connect.
-    assert harness.remote.handle(IncomingCommand(_signed("pause"), via="mqtt:commands"))
+    paused_here = harness.remote.handle(IncomingCommand(_signed("pause"), via="mqtt:commands"))
+    assert paused_here is not None
+    assert paused_here.ok
     after_restart = harness.restarted()
 
     assert after_restart.handle(resume) is None
